@@ -1,4 +1,108 @@
 //! objmeta: keeps a PostgreSQL table of every MinIO object's current metadata,
 //! fed by MinIO bucket notifications on Kafka.
+//!
+//! Data flows one way: `kafka` (consume) → `event` (parse) → `batch`
+//! (reduce) → `sink` (write) → `kafka` (commit), driven by `pipeline`.
 
+pub mod batch;
+pub mod config;
+pub mod error;
 pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod migrate;
+pub mod pipeline;
+pub mod retry;
+pub mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DatabaseConfig, RunConfig};
+use crate::error::{Disposition, Error, SinkError};
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Settings};
+use crate::retry::Backoff;
+use crate::sink::Sink;
+
+/// How often readiness re-checks the database between writes.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the consumer until `shutdown` is cancelled (returns `Ok` after a
+/// clean drain) or a fatal error occurs.
+pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    config.validate()?;
+    let metrics = Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
+    let health = Arc::new(Health::new(config.health_stall_timeout));
+    let pool = sink::connect(&config.database)?;
+    let services = shutdown.child_token();
+    let http = http::serve(
+        config.http_addr,
+        metrics.clone(),
+        health.clone(),
+        services.clone(),
+    )
+    .await?;
+    let result = async {
+        if !migrate_until_done(&pool, &config.database.database_schema, &shutdown).await? {
+            return Ok(());
+        }
+        let sink = Sink::new(pool, config.kafka.topic.clone());
+        tokio::spawn(sink::watch_readiness(
+            sink.clone(),
+            health.clone(),
+            READINESS_INTERVAL,
+            services.clone(),
+        ));
+        let (consumer, rebalances) = kafka::subscribe(&config.kafka, metrics.clone())?;
+        tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "consuming");
+        let settings = Settings {
+            topic: config.kafka.topic.clone(),
+            batch_max_rows: config.batch_max_rows,
+            batch_max_age: config.batch_max_age,
+            retry_max_backoff: config.retry_max_backoff,
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        Pipeline::new(consumer, rebalances, sink, metrics, health, settings)
+            .run(shutdown.clone())
+            .await
+    }
+    .await;
+    services.cancel();
+    let _ = http.await;
+    result
+}
+
+/// Applies the migrations and returns how many were applied.
+pub async fn migrate(config: &DatabaseConfig) -> Result<usize, Error> {
+    let pool = sink::connect(config)?;
+    Ok(migrate::apply(&pool, &config.database_schema).await?)
+}
+
+/// Start-up migrations, retried while the database is unreachable so that
+/// objmeta can start before PostgreSQL. Returns `false` when shut down first.
+async fn migrate_until_done(
+    pool: &deadpool_postgres::Pool,
+    schema: &str,
+    shutdown: &CancellationToken,
+) -> Result<bool, SinkError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match migrate::apply(pool, schema).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.disposition() == Disposition::Retriable => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "database not reachable for migrations");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

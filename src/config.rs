@@ -1,0 +1,220 @@
+//! Command line and environment configuration: the only module that reads
+//! environment variables. Everything below `run()` receives typed values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+
+/// Keeps a PostgreSQL table of every MinIO object's current metadata, fed by
+/// MinIO bucket notifications on Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "objmeta", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume MinIO events from Kafka and keep the object_metadata table current.
+    Run(Box<RunConfig>),
+    /// Apply the SQL migrations and exit.
+    Migrate(DatabaseConfig),
+}
+
+/// Everything `objmeta run` needs.
+#[derive(Clone, Debug, Args)]
+pub struct RunConfig {
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9187")]
+    pub http_addr: SocketAddr,
+    /// Flush a batch once it holds this many distinct objects (plus dead letters).
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 5000)]
+    pub batch_max_rows: usize,
+    /// Flush a batch once its oldest message has waited this long (e.g. `50ms`, `1s`).
+    #[arg(long, env = "BATCH_MAX_AGE", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub batch_max_age: Duration,
+    /// Longest wait between two retries of a batch while the database is unavailable.
+    #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_max_backoff: Duration,
+    /// /healthz fails when the main loop has made no progress for this long.
+    #[arg(long, env = "HEALTH_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_stall_timeout: Duration,
+    /// At shutdown, how long to keep trying to write what was consumed.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Kafka connection and consumer-group settings.
+#[derive(Clone, Debug, Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Topic MinIO publishes its bucket notifications to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "minio-events")]
+    pub topic: String,
+    /// Consumer group: replicas with the same group share the topic's partitions.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "objmeta")]
+    pub group_id: String,
+    /// Any librdkafka property as `key=value` (SASL, TLS, fetch sizes, …); repeatable.
+    /// In the environment, separate several with `;`. Overrides objmeta's defaults,
+    /// except `enable.auto.commit`, which objmeta keeps off (it commits after each write).
+    #[arg(short = 'X', long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ';', value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+/// PostgreSQL connection settings.
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseConfig {
+    /// libpq-style URL, e.g. `postgres://objmeta:secret@db:5432/objmeta?sslmode=disable`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Schema holding objmeta's tables (created by the migrations when missing).
+    #[arg(long, env = "DATABASE_SCHEMA", default_value = "public", value_parser = parse_schema)]
+    pub database_schema: String,
+    /// Most connections objmeta opens.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 4)]
+    pub database_pool_size: usize,
+    /// How long to wait for a connection before counting the attempt as failed.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_connect_timeout: Duration,
+}
+
+impl RunConfig {
+    /// Cross-field checks that clap cannot express.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.batch_max_rows == 0 {
+            return Err(Error::Config(
+                "--batch-max-rows (BATCH_MAX_ROWS) must be at least 1".into(),
+            ));
+        }
+        if self.batch_max_age.is_zero() {
+            return Err(Error::Config(
+                "--batch-max-age (BATCH_MAX_AGE) must be longer than zero".into(),
+            ));
+        }
+        if self.database.database_pool_size == 0 {
+            return Err(Error::Config(
+                "--database-pool-size (DATABASE_POOL_SIZE) must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_property(raw: &str) -> Result<(String, String), String> {
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {raw:?}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty property name in {raw:?}"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Schema names go into `search_path`, so only plain identifiers are allowed.
+fn parse_schema(raw: &str) -> Result<String, String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 63
+        && raw.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "{raw:?} is not a plain lower-case identifier (a-z, 0-9, _)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("objmeta").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_takes_defaults_and_properties() {
+        let cli = parse(&[
+            "run",
+            "--brokers",
+            "k:9092",
+            "--database-url",
+            "postgres://x@y/z",
+            "-X",
+            "security.protocol=SASL_PLAINTEXT",
+            "-X",
+            "sasl.password=a=b",
+        ])
+        .unwrap();
+        let Command::Run(config) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(config.kafka.topic, "minio-events");
+        assert_eq!(config.kafka.group_id, "objmeta");
+        assert_eq!(config.batch_max_age, Duration::from_millis(50));
+        assert_eq!(
+            config.kafka.properties,
+            vec![
+                ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+                ("sasl.password".into(), "a=b".into())
+            ]
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_name() {
+        let err = parse(&[
+            "run",
+            "--brokers",
+            "k",
+            "--database-url",
+            "u",
+            "-X",
+            "novalue",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("key=value"), "{err}");
+        let err =
+            parse(&["migrate", "--database-url", "u", "--database-schema", "a;b"]).unwrap_err();
+        assert!(err.to_string().contains("identifier"), "{err}");
+        let cli = parse(&[
+            "run",
+            "--brokers",
+            "k",
+            "--database-url",
+            "u",
+            "--batch-max-rows",
+            "0",
+        ])
+        .unwrap();
+        let Command::Run(config) = cli.command else {
+            panic!("expected run")
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("BATCH_MAX_ROWS"), "{err}");
+    }
+}

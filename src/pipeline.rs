@@ -1,0 +1,413 @@
+//! The main loop: consume, reduce into a batch, write it, commit.
+//!
+//! One batch is written at a time by a spawned task while the loop keeps
+//! polling Kafka and filling the next batch: fetching and parsing overlap
+//! the database write, and polling never stops (so the member stays in its
+//! group and rebalance callbacks run even while the database is down).
+//! When the next batch is full before the write finishes, fetching is
+//! paused, which bounds memory.
+//!
+//! Offsets of a batch are committed only after its transaction commits,
+//! and only for partitions this member still owns.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Batch, Contribution, DeadLetter, Origin, WriteBatch};
+use crate::error::{Disposition, Error, SinkError};
+use crate::event::{self, EventFamily};
+use crate::http::Health;
+use crate::kafka::{self, KafkaConsumer, RebalanceEvent};
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::sink::{Sink, WriteReport};
+
+/// Tuning of the loop, from the run configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub topic: String,
+    pub batch_max_rows: usize,
+    pub batch_max_age: Duration,
+    pub retry_max_backoff: Duration,
+    /// How long shutdown waits for the last writes before giving up on them.
+    pub shutdown_timeout: Duration,
+}
+
+/// The result of one spawned batch write.
+struct Written {
+    commit_offsets: Vec<(i32, i64)>,
+    result: Result<WriteReport, SinkError>,
+}
+
+pub struct Pipeline {
+    consumer: Arc<KafkaConsumer>,
+    rebalances: UnboundedReceiver<RebalanceEvent>,
+    sink: Sink,
+    metrics: Metrics,
+    health: Arc<Health>,
+    settings: Settings,
+    batch: Batch,
+    in_flight: Option<JoinHandle<Written>>,
+    /// Cancelled to abandon the in-flight write's retries at shutdown.
+    abandon: CancellationToken,
+    assigned: BTreeSet<i32>,
+    paused: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        consumer: Arc<KafkaConsumer>,
+        rebalances: UnboundedReceiver<RebalanceEvent>,
+        sink: Sink,
+        metrics: Metrics,
+        health: Arc<Health>,
+        settings: Settings,
+    ) -> Self {
+        Pipeline {
+            consumer,
+            rebalances,
+            sink,
+            metrics,
+            health,
+            settings,
+            batch: Batch::default(),
+            in_flight: None,
+            abandon: CancellationToken::new(),
+            assigned: BTreeSet::new(),
+            paused: false,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled (then drains) or a fatal error.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.health.progressed();
+        let idle_tick = self.settings.batch_max_age.max(Duration::from_millis(100));
+        loop {
+            let consumer = self.consumer.clone();
+            let flush_at = self.flush_deadline(idle_tick);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(event) = self.rebalances.recv() => self.on_rebalance(event),
+                written = wait_for(&mut self.in_flight) => self.on_written(written)?,
+                consumed = receive(&consumer, &self.metrics) => self.on_consumed(consumed),
+                _ = sleep_until(flush_at.into()) => self.on_tick(),
+            }
+            self.flush_if_due();
+        }
+        self.drain().await
+    }
+
+    /// When the batch is due by age; an idle loop still wakes now and then
+    /// to report progress.
+    fn flush_deadline(&self, idle_tick: Duration) -> Instant {
+        self.batch
+            .deadline(self.settings.batch_max_age)
+            .unwrap_or_else(|| Instant::now() + idle_tick)
+    }
+
+    fn on_rebalance(&mut self, event: RebalanceEvent) {
+        match event {
+            RebalanceEvent::Assigned(partitions) => {
+                tracing::info!(?partitions, "partitions assigned");
+                self.assigned.extend(partitions.iter().copied());
+                self.health.set_in_group(true);
+                if self.paused {
+                    self.pause(&partitions, true);
+                }
+            }
+            RebalanceEvent::Revoked(partitions) | RebalanceEvent::Lost(partitions) => {
+                tracing::info!(
+                    ?partitions,
+                    "partitions revoked; dropping their unwritten work"
+                );
+                for partition in &partitions {
+                    self.assigned.remove(partition);
+                }
+                self.batch.drop_partitions(&partitions);
+            }
+        }
+    }
+
+    fn on_consumed(&mut self, consumed: Result<(Origin, Contribution), KafkaError>) {
+        // Rebalance callbacks ran inside `recv`: apply them before the message.
+        while let Ok(event) = self.rebalances.try_recv() {
+            self.on_rebalance(event);
+        }
+        match consumed {
+            Ok((origin, contribution)) if self.assigned.contains(&origin.partition) => {
+                self.batch.add(origin, contribution);
+            }
+            Ok((origin, _)) => {
+                tracing::debug!(
+                    partition = origin.partition,
+                    "message of a partition no longer assigned, skipped"
+                );
+            }
+            Err(e) => {
+                self.metrics.kafka_errors.inc();
+                tracing::warn!(error = %e, "kafka consume error");
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.batch.is_empty() && self.in_flight.is_none() {
+            self.health.progressed();
+        }
+    }
+
+    fn on_written(&mut self, written: Written) -> Result<(), Error> {
+        let report = match written.result {
+            Ok(report) => report,
+            Err(e) => return Err(Error::Database(e)),
+        };
+        self.record_report(&report);
+        while let Ok(event) = self.rebalances.try_recv() {
+            self.on_rebalance(event);
+        }
+        let owned: Vec<(i32, i64)> = written
+            .commit_offsets
+            .into_iter()
+            .filter(|(partition, _)| self.assigned.contains(partition))
+            .collect();
+        if let Err(e) = kafka::commit_async(&self.consumer, &owned) {
+            self.metrics.commits.with_label_values(&["error"]).inc();
+            tracing::warn!(error = %e, "offset commit failed; it is retried with the next batch");
+        }
+        self.health.progressed();
+        if self.paused {
+            let partitions: Vec<i32> = self.assigned.iter().copied().collect();
+            self.pause(&partitions, false);
+            self.paused = false;
+        }
+        Ok(())
+    }
+
+    fn record_report(&self, report: &WriteReport) {
+        let rows = &self.metrics.rows;
+        rows.with_label_values(&["upserted"])
+            .inc_by(report.upserted);
+        rows.with_label_values(&["tombstoned"])
+            .inc_by(report.tombstoned);
+        rows.with_label_values(&["stale"]).inc_by(report.stale);
+        rows.with_label_values(&["rejected"])
+            .inc_by(report.rejected);
+        if report.rejected > 0 {
+            self.metrics
+                .dead_letters
+                .with_label_values(&["database_rejected"])
+                .inc_by(report.rejected);
+        }
+    }
+
+    /// Starts a write when the batch is due and none is in flight; pauses
+    /// fetching when the batch is full and the previous write still runs.
+    fn flush_if_due(&mut self) {
+        let full = self.batch.rows() >= self.settings.batch_max_rows;
+        let old = self
+            .batch
+            .deadline(self.settings.batch_max_age)
+            .is_some_and(|deadline| deadline <= Instant::now());
+        if !(full || old) {
+            return;
+        }
+        if self.in_flight.is_none() {
+            self.start_write();
+        } else if full && !self.paused {
+            let partitions: Vec<i32> = self.assigned.iter().copied().collect();
+            self.pause(&partitions, true);
+            self.paused = true;
+        }
+    }
+
+    fn start_write(&mut self) {
+        let batch = self.batch.take();
+        self.metrics
+            .batch_rows
+            .observe((batch.changes.len() + batch.dead_letters.len()) as f64);
+        let task = write_with_retry(
+            self.sink.clone(),
+            batch,
+            self.metrics.clone(),
+            self.health.clone(),
+            Backoff::new(Duration::from_millis(100), self.settings.retry_max_backoff),
+            self.abandon.clone(),
+        );
+        self.in_flight = Some(tokio::spawn(task));
+    }
+
+    fn pause(&self, partitions: &[i32], paused: bool) {
+        if let Err(e) = kafka::set_paused(&self.consumer, &self.settings.topic, partitions, paused)
+        {
+            tracing::warn!(error = %e, paused, "changing the paused state of partitions");
+        }
+        self.metrics.paused.set(i64::from(paused));
+    }
+
+    /// Shutdown: stop reading, finish the in-flight write, write what is
+    /// left, commit synchronously, then leave the group (on drop).
+    async fn drain(mut self) -> Result<(), Error> {
+        tracing::info!("shutting down: writing what was consumed");
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let abandon = self.abandon.clone();
+        let abandon_at_deadline = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            abandon.cancel();
+        });
+        let result = self.finish_writes().await;
+        abandon_at_deadline.abort();
+        result?;
+        if let Err(e) = kafka::commit_all_sync(&self.consumer) {
+            tracing::warn!(error = %e, "final offset commit failed; a restart re-reads the last batch");
+        }
+        self.consumer.unsubscribe();
+        self.health.set_in_group(false);
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+
+    async fn finish_writes(&mut self) -> Result<(), Error> {
+        if let Some(mut task) = self.in_flight.take() {
+            let written = join(&mut task).await;
+            self.on_written(written)?;
+        }
+        if !self.batch.is_empty() {
+            self.start_write();
+            if let Some(mut task) = self.in_flight.take() {
+                let written = join(&mut task).await;
+                self.on_written(written)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the in-flight write; pending forever when there is none, so
+/// the select arm stays quiet.
+async fn wait_for(in_flight: &mut Option<JoinHandle<Written>>) -> Written {
+    match in_flight {
+        Some(task) => {
+            let written = join(task).await;
+            *in_flight = None;
+            written
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn join(task: &mut JoinHandle<Written>) -> Written {
+    match task.await {
+        Ok(written) => written,
+        // A panic in the writer is a bug; report it as a fatal write error
+        // rather than unwinding the loop (nothing was committed for it).
+        Err(e) => Written {
+            commit_offsets: Vec::new(),
+            result: Err(SinkError::Pool {
+                context: "batch writer task",
+                message: e.to_string(),
+                disposition: Disposition::Fatal,
+            }),
+        },
+    }
+}
+
+/// Receives one message and turns it into a batch contribution, counting
+/// the records by family and outcome.
+async fn receive(
+    consumer: &KafkaConsumer,
+    metrics: &Metrics,
+) -> Result<(Origin, Contribution), KafkaError> {
+    let message = consumer.recv().await?;
+    Ok(contribution(&message, metrics))
+}
+
+fn contribution(message: &BorrowedMessage<'_>, metrics: &Metrics) -> (Origin, Contribution) {
+    let origin = Origin {
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    match event::parse(message.payload()) {
+        Ok(parsed) => {
+            for change in &parsed.changes {
+                let family = EventFamily::of(&change.event_name);
+                metrics
+                    .events
+                    .with_label_values(&[family.label(), "batched"])
+                    .inc();
+            }
+            for family in &parsed.skipped {
+                metrics
+                    .events
+                    .with_label_values(&[family.label(), "skipped"])
+                    .inc();
+            }
+            (origin, Contribution::Changes(parsed.changes))
+        }
+        Err(e) => {
+            metrics
+                .events
+                .with_label_values(&["unknown", "dead_lettered"])
+                .inc();
+            metrics.dead_letters.with_label_values(&[e.label()]).inc();
+            tracing::warn!(partition = origin.partition, offset = origin.offset, error = %e, "dead-lettering message");
+            let dead_letter = DeadLetter {
+                origin,
+                message_key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                reason: e.to_string(),
+            };
+            (origin, Contribution::DeadLetter(dead_letter))
+        }
+    }
+}
+
+/// Writes one batch, retrying retriable failures with capped, jittered
+/// backoff until it succeeds, a fatal error occurs, or shutdown abandons it.
+async fn write_with_retry(
+    sink: Sink,
+    batch: WriteBatch,
+    metrics: Metrics,
+    health: Arc<Health>,
+    mut backoff: Backoff,
+    abandon: CancellationToken,
+) -> Written {
+    let started = Instant::now();
+    let result = loop {
+        match sink.write(&batch).await {
+            Ok(report) => {
+                health.set_database_ready(true);
+                break Ok(report);
+            }
+            Err(e) => {
+                metrics.db_errors.with_label_values(&[e.kind_label()]).inc();
+                if e.disposition() != Disposition::Retriable {
+                    break Err(e);
+                }
+                health.set_database_ready(false);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, rows = batch.changes.len(), "batch write failed, retrying");
+                tokio::select! {
+                    _ = abandon.cancelled() => break Err(e),
+                    _ = tokio::time::sleep(delay) => metrics.db_retries.inc(),
+                }
+            }
+        }
+    };
+    metrics
+        .flush_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Written {
+        commit_offsets: batch.commit_offsets,
+        result,
+    }
+}

@@ -1,0 +1,601 @@
+//! Shared test support: the real Kafka broker and PostgreSQL started by
+//! `scripts/services`, a unique topic, group and schema per test, a
+//! producer, the objmeta service run in-process or as the built binary,
+//! and waits with timeouts.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use objmeta::batch::supersedes;
+use objmeta::config::{Cli, Command as CliCommand, RunConfig};
+use objmeta::event::{self, Action, Change, ObjectId};
+
+/// Where the test services are.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub brokers: String,
+    pub database_url: String,
+}
+
+/// The services from `KAFKA_BROKERS`/`DATABASE_URL`, or started with
+/// `scripts/services up` when those are not set.
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        if let (Ok(brokers), Ok(database_url)) = (
+            std::env::var("KAFKA_BROKERS"),
+            std::env::var("DATABASE_URL"),
+        ) {
+            return Services {
+                brokers,
+                database_url,
+            };
+        }
+        let script = repo_root().join("scripts/services");
+        let up = Command::new(&script)
+            .arg("up")
+            .status()
+            .expect("run scripts/services up");
+        assert!(up.success(), "scripts/services up failed");
+        let env = Command::new(&script)
+            .arg("env")
+            .output()
+            .expect("run scripts/services env");
+        let text = String::from_utf8_lossy(&env.stdout);
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| {
+                    line.trim_start_matches("export ")
+                        .strip_prefix(&format!("{name}="))
+                })
+                .unwrap_or_else(|| panic!("{name} missing from scripts/services env"))
+                .to_string()
+        };
+        Services {
+            brokers: value("KAFKA_BROKERS"),
+            database_url: value("DATABASE_URL"),
+        }
+    })
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on the loopback interface for an HTTP server.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One test's own topic, consumer group and database schema.
+pub struct TestBed {
+    pub name: String,
+    pub topic: String,
+    pub group: String,
+    pub schema: String,
+    pub partitions: i32,
+    pub services: Services,
+    producer: FutureProducer,
+}
+
+impl TestBed {
+    pub async fn new(name: &str, partitions: i32) -> TestBed {
+        let services = services().clone();
+        let unique = format!("{name}_{}_{}", std::process::id(), rand::random::<u32>());
+        let bed = TestBed {
+            name: name.to_string(),
+            topic: format!("t_{unique}"),
+            group: format!("g_{unique}"),
+            schema: format!("s_{unique}").to_lowercase(),
+            partitions,
+            producer: producer(&services.brokers),
+            services,
+        };
+        bed.create_topic().await;
+        bed
+    }
+
+    async fn create_topic(&self) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.services.brokers)
+            .create()
+            .expect("admin client");
+        let topic = NewTopic::new(&self.topic, self.partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .expect("create topic");
+        for result in results {
+            result.expect("topic created");
+        }
+    }
+
+    /// `objmeta run` configuration for this test bed, as a user would give it.
+    pub fn run_config(&self, http_port: u16, extra: &[&str]) -> RunConfig {
+        let http_addr = format!("127.0.0.1:{http_port}");
+        let mut args = vec![
+            "objmeta",
+            "run",
+            "--brokers",
+            &self.services.brokers,
+            "--topic",
+            &self.topic,
+            "--group-id",
+            &self.group,
+            "--database-url",
+            &self.services.database_url,
+            "--database-schema",
+            &self.schema,
+            "--http-addr",
+            &http_addr,
+        ];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args)
+            .expect("valid run arguments")
+            .command
+        {
+            CliCommand::Run(config) => *config,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    /// Runs objmeta in-process until the returned handle is stopped.
+    pub fn start(&self, extra: &[&str]) -> InProcess {
+        let http_port = free_port();
+        let config = self.run_config(http_port, extra);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(objmeta::run(config, shutdown.clone()));
+        InProcess {
+            shutdown,
+            task,
+            http_port,
+        }
+    }
+
+    /// Runs the built `objmeta run` binary, logging to a file.
+    pub fn spawn_binary(&self, extra: &[&str]) -> Binary {
+        let http_port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_objmeta"))
+            .arg("run")
+            .args(extra)
+            .env("KAFKA_BROKERS", &self.services.brokers)
+            .env("KAFKA_TOPIC", &self.topic)
+            .env("KAFKA_GROUP_ID", &self.group)
+            .env("DATABASE_URL", &self.services.database_url)
+            .env("DATABASE_SCHEMA", &self.schema)
+            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log file handle"))
+            .spawn()
+            .expect("spawn objmeta");
+        Binary {
+            child,
+            http_port,
+            log,
+        }
+    }
+
+    /// Publishes `(message key, payload)` pairs in order; keys choose the
+    /// partition with the FNV-1a partitioner, as MinIO's producer does.
+    pub async fn publish(&self, messages: &[(String, Vec<u8>)]) {
+        self.publish_with(messages, |_| None).await;
+    }
+
+    /// Publishes to explicit partitions, where `partition_of` says so.
+    pub async fn publish_with(
+        &self,
+        messages: &[(String, Vec<u8>)],
+        partition_of: impl Fn(usize) -> Option<i32>,
+    ) {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (index, (key, payload)) in messages.iter().enumerate() {
+            let mut record = FutureRecord::to(&self.topic)
+                .key(key.as_bytes())
+                .payload(payload.as_slice());
+            if let Some(partition) = partition_of(index) {
+                record = record.partition(partition);
+            }
+            pending.push(self.producer.send(record, Duration::from_secs(30)));
+            if pending.len() >= 1000 {
+                for delivery in pending.drain(..) {
+                    delivery.await.expect("delivered");
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await.expect("delivered");
+        }
+    }
+
+    /// Publishes a raw payload (or a null value) to one partition.
+    pub async fn publish_raw(&self, partition: i32, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).partition(partition);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .expect("delivered");
+    }
+
+    /// A connection to the database with this test's schema on the path.
+    pub async fn db(&self) -> Client {
+        let url = &self.services.database_url;
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path = {}", self.schema))
+            .await
+            .expect("search path");
+        client
+    }
+
+    /// Committed offsets of the test's group, per partition (-1 when none).
+    pub fn committed_offsets(&self) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.services.brokers)
+            .set("group.id", &self.group)
+            .create()
+            .expect("offset reader");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..self.partitions)
+            .map(
+                |p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                },
+            )
+            .collect()
+    }
+
+    /// Waits until the group's committed offsets add up to `total`.
+    pub async fn wait_committed(&self, total: i64, timeout: Duration) {
+        wait_until(timeout, "committed offsets", || async {
+            let sum: i64 = self.committed_offsets().iter().map(|o| (*o).max(0)).sum();
+            (sum == total).then_some(())
+        })
+        .await;
+    }
+
+    /// Object rows as comparable states, keyed by object.
+    pub async fn table(&self) -> BTreeMap<ObjectId, RowState> {
+        let rows = self
+            .db()
+            .await
+            .query(
+                "SELECT bucket, key, sequencer, deleted_at IS NOT NULL, version_id, size, etag, \
+                 content_type, user_metadata, system_metadata, event_name FROM object_metadata",
+                &[],
+            )
+            .await
+            .expect("read object_metadata");
+        rows.iter()
+            .map(|row| {
+                let object = ObjectId {
+                    bucket: row.get(0),
+                    key: row.get(1),
+                };
+                let state = RowState {
+                    sequencer: row.get(2),
+                    deleted: row.get(3),
+                    version_id: row.get(4),
+                    size: row.get(5),
+                    etag: row.get(6),
+                    content_type: row.get(7),
+                    user_metadata: row.get(8),
+                    system_metadata: row.get(9),
+                    event_name: row.get(10),
+                };
+                (object, state)
+            })
+            .collect()
+    }
+
+    /// Waits until the table holds `rows` object rows.
+    pub async fn wait_rows(&self, rows: i64, timeout: Duration) {
+        let client = self.db().await;
+        wait_until(timeout, &format!("{rows} object rows"), || async {
+            let count: i64 = client
+                .query_one("SELECT count(*) FROM object_metadata", &[])
+                .await
+                .ok()?
+                .get(0);
+            (count == rows).then_some(())
+        })
+        .await;
+    }
+
+    /// Reads one metric value from an objmeta `/metrics` endpoint.
+    pub async fn metric(http_port: u16, series: &str) -> Option<f64> {
+        let body = http_get(http_port, "/metrics").await?.1;
+        body.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket: status code and body.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "fnv1a")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// objmeta running inside the test process.
+pub struct InProcess {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), objmeta::error::Error>>,
+    pub http_port: u16,
+}
+
+impl InProcess {
+    /// Graceful stop, as on SIGTERM; returns what `run()` returned.
+    pub async fn stop(self) -> Result<(), objmeta::error::Error> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("objmeta stops within 60 s")
+            .expect("objmeta task did not panic")
+    }
+}
+
+/// The objmeta binary running as a child process.
+pub struct Binary {
+    pub child: Child,
+    pub http_port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Binary {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A row of object_metadata, in a form tests can compare.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowState {
+    pub sequencer: i64,
+    pub deleted: bool,
+    pub version_id: Option<String>,
+    pub size: Option<i64>,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub user_metadata: serde_json::Value,
+    pub system_metadata: serde_json::Value,
+    pub event_name: String,
+}
+
+impl RowState {
+    /// The row a change leaves behind when it is the newest.
+    pub fn of(change: &Change) -> RowState {
+        let empty = serde_json::Value::Object(serde_json::Map::new());
+        match &change.action {
+            Action::Upsert(state) => RowState {
+                sequencer: change.sequencer,
+                deleted: false,
+                version_id: state.version_id.clone(),
+                size: state.size,
+                etag: state.etag.clone(),
+                content_type: state.content_type.clone(),
+                user_metadata: state.user_metadata.clone().into(),
+                system_metadata: state.system_metadata.clone().into(),
+                event_name: change.event_name.clone(),
+            },
+            Action::Remove { version_id, .. } => RowState {
+                sequencer: change.sequencer,
+                deleted: true,
+                version_id: version_id.clone(),
+                size: None,
+                etag: None,
+                content_type: None,
+                user_metadata: empty.clone(),
+                system_metadata: empty,
+                event_name: change.event_name.clone(),
+            },
+        }
+    }
+}
+
+/// The expected table after the given payloads, applied one by one with
+/// the ordering rule (independent of the order when sequencers differ).
+pub fn oracle<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<ObjectId, RowState> {
+    let mut newest: BTreeMap<ObjectId, Change> = BTreeMap::new();
+    for payload in payloads {
+        let Ok(parsed) = event::parse(Some(payload)) else {
+            continue;
+        };
+        for change in parsed.changes {
+            match newest.get(&change.object) {
+                Some(current) if !supersedes(&change, current) => {}
+                _ => {
+                    newest.insert(change.object.clone(), change);
+                }
+            }
+        }
+    }
+    newest
+        .iter()
+        .map(|(id, change)| (id.clone(), RowState::of(change)))
+        .collect()
+}
+
+/// Compares the table with the oracle and describes every difference.
+pub fn differences(
+    expected: &BTreeMap<ObjectId, RowState>,
+    actual: &BTreeMap<ObjectId, RowState>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, want) in expected {
+        match actual.get(id) {
+            None => out.push(format!("missing {id:?}")),
+            Some(got) if got != want => {
+                out.push(format!("wrong {id:?}: want {want:?}, got {got:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for id in actual.keys().filter(|id| !expected.contains_key(id)) {
+        out.push(format!("extra {id:?}"));
+    }
+    out
+}
+
+/// Reads a fixture message from `tests/fixtures`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("tests/fixtures").join(name)).expect("fixture")
+}
+
+/// The Kafka message key MinIO uses: `<bucket>/<raw object name>`.
+pub fn message_key(payload: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(payload).expect("fixture is json");
+    value["Key"].as_str().expect("envelope Key").to_string()
+}
+
+/// Builds one message exactly in MinIO's shape, for hand-written sequences.
+/// `metadata` are MinIO's stored entries (e.g. `X-Amz-Meta-Id`); removal
+/// events carry none, as MinIO sends them.
+pub fn minio_message(
+    event_name: &str,
+    bucket: &str,
+    raw_key: &str,
+    sequencer: u64,
+    version_id: Option<&str>,
+    metadata: &[(&str, &str)],
+) -> (String, Vec<u8>) {
+    let removal = event_name.starts_with("s3:ObjectRemoved:");
+    let mut object = serde_json::json!({
+        "key": event::query_escape(raw_key),
+        "sequencer": format!("{sequencer:X}"),
+    });
+    if !removal {
+        object["size"] = 1024.into();
+        object["eTag"] = format!("{sequencer:032x}").into();
+        object["contentType"] = "text/plain".into();
+        let entries: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).into()))
+            .chain([("content-type".to_string(), "text/plain".into())])
+            .collect();
+        object["userMetadata"] = entries.into();
+    }
+    if let Some(version_id) = version_id {
+        object["versionId"] = version_id.into();
+    }
+    let millis = (sequencer / 1_000_000) as i64;
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .expect("time");
+    let event_time = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        time.year(),
+        u8::from(time.month()),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second(),
+        time.millisecond()
+    );
+    let key = format!("{bucket}/{raw_key}");
+    let payload = serde_json::json!({
+        "EventName": event_name,
+        "Key": key,
+        "Records": [{
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": event_time,
+            "eventName": event_name,
+            "userIdentity": {"principalId": "minioadmin"},
+            "requestParameters": {"principalId": "minioadmin", "region": "", "sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": "17A0C6E9B0E1A0F2", "x-minio-origin-endpoint": "http://127.0.0.1:9000"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "Config",
+                "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minioadmin"}, "arn": format!("arn:aws:s3:::{bucket}")},
+                "object": object,
+            },
+            "source": {"host": "127.0.0.1", "port": "", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.70"},
+        }],
+    });
+    (key, serde_json::to_vec(&payload).expect("json"))
+}

@@ -43,7 +43,7 @@ pub enum Disposition {
 /// A failure of the PostgreSQL writer.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe_postgres(.source))]
     Postgres {
         context: &'static str,
         #[source]
@@ -80,9 +80,13 @@ impl SinkError {
                 PoolError::PostCreateHook(_) => Disposition::Retriable,
                 PoolError::Closed | PoolError::NoRuntimeSpecified => Disposition::Fatal,
             };
+            let message = match &error {
+                PoolError::Backend(e) => describe_postgres(e),
+                other => other.to_string(),
+            };
             SinkError::Pool {
                 context,
-                message: error.to_string(),
+                message,
                 disposition,
             }
         }
@@ -108,6 +112,18 @@ impl SinkError {
             },
             SinkError::Url(_) | SinkError::Migration { .. } => "fatal",
         }
+    }
+}
+
+/// The driver's own `Display` says only "db error" for server errors: spell
+/// out the server's message and SQLSTATE, or the underlying I/O cause.
+pub fn describe_postgres(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
     }
 }
 

@@ -3,10 +3,15 @@
 //!
 //! Commit contract: an offset is committed only after the database
 //! transaction holding every message before it has committed. The pipeline
-//! records such offsets with [`Context::record_written`] and commits them
-//! asynchronously; when partitions are revoked, the rebalance callback
-//! commits the written offsets of those partitions synchronously, before
-//! they move to another member.
+//! records such offsets with [`Context::record_written`] and asks the
+//! [`Committer`] thread to commit them; when partitions are revoked, the
+//! rebalance callback commits the written offsets of those partitions
+//! before they move to another member.
+//!
+//! Commits are synchronous, on the committer thread, because librdkafka
+//! reports nothing back for rust-rdkafka's asynchronous commits (the commit
+//! callback is never invoked, rust-rdkafka issue #856): a synchronous
+//! commit is the only way to count failures and know what was committed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,29 +46,67 @@ pub struct Context {
     topic: String,
     metrics: Metrics,
     events: UnboundedSender<RebalanceEvent>,
-    /// Per partition, the next offset to commit for work already written.
-    written: Mutex<HashMap<i32, i64>>,
+    /// Per partition, the next offset to commit for work already written,
+    /// and the offset last committed.
+    offsets: Mutex<PartitionOffsets>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionOffsets {
+    written: HashMap<i32, i64>,
+    committed: HashMap<i32, i64>,
 }
 
 impl Context {
     /// Remembers offsets whose messages are durable in the database.
     pub fn record_written(&self, offsets: &[(i32, i64)]) {
-        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock_offsets();
         for &(partition, offset) in offsets {
-            let entry = written.entry(partition).or_insert(offset);
+            let entry = state.written.entry(partition).or_insert(offset);
             *entry = (*entry).max(offset);
         }
     }
 
-    /// Written offsets of the given partitions (all when `None`), as a list
-    /// ready to commit.
-    pub fn written_offsets(&self, partitions: Option<&[i32]>) -> TopicPartitionList {
-        let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-        let selected = written
-            .iter()
-            .filter(|(partition, _)| partitions.is_none_or(|wanted| wanted.contains(partition)))
-            .map(|(&partition, &offset)| (partition, offset));
-        self.offset_list(selected)
+    fn lock_offsets(&self) -> std::sync::MutexGuard<'_, PartitionOffsets> {
+        self.offsets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Synchronously commits the written offsets not committed yet, of the
+    /// given partitions (all when `None`).
+    pub fn commit_written<C: Consumer<Context>>(
+        &self,
+        consumer: &C,
+        partitions: Option<&[i32]>,
+    ) -> KafkaResult<()> {
+        let pending: Vec<(i32, i64)> = {
+            let state = self.lock_offsets();
+            state
+                .written
+                .iter()
+                .filter(|(partition, _)| partitions.is_none_or(|wanted| wanted.contains(partition)))
+                .filter(|(partition, offset)| state.committed.get(partition) != Some(offset))
+                .map(|(&partition, &offset)| (partition, offset))
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let result = consumer.commit(&self.offset_list(pending.iter().copied()), CommitMode::Sync);
+        match &result {
+            Ok(()) => {
+                self.metrics.commits.with_label_values(&["ok"]).inc();
+                let mut state = self.lock_offsets();
+                for &(partition, offset) in &pending {
+                    state.committed.insert(partition, offset);
+                    self.metrics
+                        .committed_offset
+                        .with_label_values(&[&partition.to_string()])
+                        .set(offset);
+                }
+            }
+            Err(_) => self.metrics.commits.with_label_values(&["error"]).inc(),
+        }
+        result
     }
 
     fn offset_list(&self, offsets: impl Iterator<Item = (i32, i64)>) -> TopicPartitionList {
@@ -76,9 +119,10 @@ impl Context {
     }
 
     fn forget(&self, partitions: &[i32]) {
-        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock_offsets();
         for partition in partitions {
-            written.remove(partition);
+            state.written.remove(partition);
+            state.committed.remove(partition);
         }
     }
 
@@ -116,13 +160,10 @@ impl ConsumerContext for Context {
             return;
         }
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-        let offsets = self.written_offsets(Some(&partitions));
-        if offsets.count() > 0 {
-            match consumer.commit(&offsets, CommitMode::Sync) {
-                Ok(()) => tracing::info!(?partitions, "committed written offsets before revoke"),
-                Err(e) => {
-                    tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit")
-                }
+        match self.commit_written(consumer, Some(&partitions)) {
+            Ok(()) => tracing::info!(?partitions, "committed written offsets before revoke"),
+            Err(e) => {
+                tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit")
             }
         }
         self.forget(&partitions);
@@ -138,26 +179,6 @@ impl ConsumerContext for Context {
         self.metrics
             .assigned_partitions
             .set(i64::try_from(assigned).unwrap_or(i64::MAX));
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                self.metrics.commits.with_label_values(&["ok"]).inc();
-                for element in offsets.elements() {
-                    if let Offset::Offset(offset) = element.offset() {
-                        self.metrics
-                            .committed_offset
-                            .with_label_values(&[&element.partition().to_string()])
-                            .set(offset);
-                    }
-                }
-            }
-            Err(e) => {
-                self.metrics.commits.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, "offset commit failed; it is retried with the next batch");
-            }
-        }
     }
 }
 
@@ -199,33 +220,58 @@ pub fn subscribe(
         topic: config.topic.clone(),
         metrics,
         events,
-        written: Mutex::new(HashMap::new()),
+        offsets: Mutex::new(PartitionOffsets::default()),
     };
     let consumer: KafkaConsumer = client.create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     Ok((Arc::new(consumer), receiver))
 }
 
-/// Commits the given offsets without waiting; the result reaches the
-/// commit callback.
-pub fn commit_async(consumer: &KafkaConsumer, offsets: &[(i32, i64)]) -> KafkaResult<()> {
-    let context = consumer.context();
-    context.record_written(offsets);
-    let list = context.offset_list(offsets.iter().copied());
-    if list.count() == 0 {
-        return Ok(());
-    }
-    consumer.commit(&list, CommitMode::Async)
+/// Commits written offsets on its own thread, so that the main loop never
+/// waits for the broker. Requests coalesce: each commit takes the newest
+/// written offsets.
+pub struct Committer {
+    requests: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Commits every written offset and waits for the broker's answer
-/// (shutdown).
-pub fn commit_all_sync(consumer: &KafkaConsumer) -> KafkaResult<()> {
-    let list = consumer.context().written_offsets(None);
-    if list.count() == 0 {
-        return Ok(());
+impl Committer {
+    pub fn spawn(consumer: Arc<KafkaConsumer>) -> std::io::Result<Self> {
+        let (requests, receiver) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("objmeta-committer".into())
+            .spawn(move || {
+                while receiver.recv().is_ok() {
+                    while receiver.try_recv().is_ok() {}
+                    if let Err(e) = consumer.context().commit_written(consumer.as_ref(), None) {
+                        tracing::warn!(error = %e, "offset commit failed; it is retried with the next batch");
+                    }
+                }
+            })?;
+        Ok(Committer {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
     }
-    consumer.commit(&list, CommitMode::Sync)
+
+    /// Records offsets as written and asks for them to be committed.
+    pub fn commit(&self, consumer: &KafkaConsumer, offsets: &[(i32, i64)]) {
+        consumer.context().record_written(offsets);
+        if let Some(requests) = &self.requests {
+            // The thread only stops after `finish`, so sending cannot fail.
+            let _ = requests.send(());
+        }
+    }
+
+    /// Stops the thread after its last commit, then commits whatever is
+    /// still uncommitted and waits for the broker's answer.
+    pub fn finish(mut self, consumer: &KafkaConsumer) -> KafkaResult<()> {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        consumer.context().commit_written(consumer, None)
+    }
 }
 
 /// Pauses or resumes fetching from the given partitions.

@@ -67,7 +67,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             retry_max_backoff: config.retry_max_backoff,
             shutdown_timeout: config.shutdown_timeout,
         };
-        Pipeline::new(consumer, rebalances, sink, metrics, health, settings)
+        Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
             .run(shutdown.clone())
             .await
     }

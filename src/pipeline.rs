@@ -26,7 +26,7 @@ use crate::batch::{Batch, Contribution, DeadLetter, Origin, WriteBatch};
 use crate::error::{Disposition, Error, SinkError};
 use crate::event::{self, EventFamily};
 use crate::http::Health;
-use crate::kafka::{self, KafkaConsumer, RebalanceEvent};
+use crate::kafka::{self, Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::{Sink, WriteReport};
@@ -50,6 +50,7 @@ struct Written {
 
 pub struct Pipeline {
     consumer: Arc<KafkaConsumer>,
+    committer: Committer,
     rebalances: UnboundedReceiver<RebalanceEvent>,
     sink: Sink,
     metrics: Metrics,
@@ -71,9 +72,12 @@ impl Pipeline {
         metrics: Metrics,
         health: Arc<Health>,
         settings: Settings,
-    ) -> Self {
-        Pipeline {
+    ) -> Result<Self, Error> {
+        let committer = Committer::spawn(consumer.clone())
+            .map_err(|e| Error::Config(format!("starting the committer thread: {e}")))?;
+        Ok(Pipeline {
             consumer,
+            committer,
             rebalances,
             sink,
             metrics,
@@ -84,7 +88,7 @@ impl Pipeline {
             abandon: CancellationToken::new(),
             assigned: BTreeSet::new(),
             paused: false,
-        }
+        })
     }
 
     /// Runs until `shutdown` is cancelled (then drains) or a fatal error.
@@ -180,10 +184,7 @@ impl Pipeline {
             .into_iter()
             .filter(|(partition, _)| self.assigned.contains(partition))
             .collect();
-        if let Err(e) = kafka::commit_async(&self.consumer, &owned) {
-            self.metrics.commits.with_label_values(&["error"]).inc();
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next batch");
-        }
+        self.committer.commit(&self.consumer, &owned);
         self.health.progressed();
         if self.paused {
             let partitions: Vec<i32> = self.assigned.iter().copied().collect();
@@ -267,7 +268,7 @@ impl Pipeline {
         let result = self.finish_writes().await;
         abandon_at_deadline.abort();
         result?;
-        if let Err(e) = kafka::commit_all_sync(&self.consumer) {
+        if let Err(e) = self.committer.finish(&self.consumer) {
             tracing::warn!(error = %e, "final offset commit failed; a restart re-reads the last batch");
         }
         self.consumer.unsubscribe();

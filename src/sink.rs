@@ -402,9 +402,7 @@ fn refused_row(batch: &WriteBatch, index: usize, error: &SinkError) -> DeadLette
 
 fn database_reason(error: &SinkError) -> String {
     match error {
-        SinkError::Postgres { source, .. } => source
-            .as_db_error()
-            .map_or_else(|| source.to_string(), |db| db.message().to_string()),
+        SinkError::Postgres { source, .. } => crate::error::describe_postgres(source),
         other => other.to_string(),
     }
 }

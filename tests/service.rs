@@ -1,0 +1,137 @@
+//! The service around the pipeline: migrations under concurrency, the HTTP
+//! endpoints, start-up failures that must say what to fix.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::{http_get, minio_message, wait_until, TestBed};
+use objmeta::config::{Cli, Command};
+use objmeta::error::Error;
+
+fn database_config(bed: &TestBed) -> objmeta::config::DatabaseConfig {
+    bed.run_config(0, &[]).database
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_apply_once() {
+    let bed = TestBed::new("migrate", 1).await;
+    let config = database_config(&bed);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move { objmeta::migrate(&config).await })
+        })
+        .collect();
+    let mut applied = 0;
+    for run in runs {
+        applied += run.await.unwrap().expect("migration succeeds");
+    }
+    assert_eq!(
+        applied, 1,
+        "the one migration is applied by exactly one replica"
+    );
+    let db = bed.db().await;
+    let versions: i64 = db
+        .query_one("SELECT count(*) FROM objmeta_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
+    assert_eq!(
+        objmeta::migrate(&config).await.unwrap(),
+        0,
+        "re-running is a no-op"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_report_health_readiness_and_metrics() {
+    let bed = TestBed::new("endpoints", 2).await;
+    let (key, payload) = minio_message(
+        "s3:ObjectCreated:Put",
+        "b",
+        "k.txt",
+        1_764_000_000_000_000_000,
+        None,
+        &[("X-Amz-Meta-Id", "1")],
+    );
+    bed.publish(&[(key, payload)]).await;
+    bed.publish_raw(0, None, Some(b"garbage")).await;
+    let service = bed.start(&[]);
+    wait_until(Duration::from_secs(60), "readiness", || async {
+        let (status, _) = http_get(service.http_port, "/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+    bed.wait_committed(2, Duration::from_secs(60)).await;
+    let (status, _) = http_get(service.http_port, "/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http_get(service.http_port, "/nope").await.unwrap();
+    assert_eq!(status, 404);
+    // The commit callback runs on the consumer's next poll: wait for it.
+    let commits = r#"objmeta_offset_commits_total{result="ok"}"#;
+    wait_until(Duration::from_secs(30), "a counted commit", || async {
+        TestBed::metric(service.http_port, commits).await
+    })
+    .await;
+    let (status, body) = http_get(service.http_port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for expected in [
+        r#"objmeta_events_consumed_total{family="created",outcome="batched"} 1"#,
+        r#"objmeta_rows_written_total{result="upserted"} 1"#,
+        r#"objmeta_dead_letters_total{reason="invalid_json"} 1"#,
+        "objmeta_batch_rows_count",
+        "objmeta_flush_duration_seconds_bucket",
+        r#"objmeta_offset_commits_total{result="ok"}"#,
+        "objmeta_assigned_partitions 2",
+    ] {
+        assert!(
+            body.contains(expected),
+            "/metrics lacks {expected:?}:\n{body}"
+        );
+    }
+    service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_fatal_and_says_so() {
+    let bed = TestBed::new("badauth", 1).await;
+    // The test cluster trusts every local user; a role that does not exist
+    // is refused all the same, which is the fatal class of error.
+    let url = bed
+        .services
+        .database_url
+        .replace("postgres@", "nobody_here:secret@");
+    let cli = Cli::try_parse_from([
+        "objmeta",
+        "run",
+        "--brokers",
+        &bed.services.brokers,
+        "--topic",
+        &bed.topic,
+        "--database-url",
+        &url,
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let Command::Run(config) = cli.command else {
+        panic!("run")
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        objmeta::run(*config, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("a fatal database error ends run() promptly");
+    let error = result.expect_err("refused role");
+    assert!(matches!(error, Error::Database(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("nobody_here"),
+        "the message names the problem: {text}"
+    );
+    assert!(!text.contains("secret"), "no password in errors: {text}");
+}

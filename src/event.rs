@@ -1,0 +1,1774 @@
+//! MinIO bucket notifications: the wire model of a Kafka message and its conversion into
+//! per-object changes. Pure: no I/O, no clock, no logging.
+//!
+//! The wire structs mirror MinIO's Go types (`internal/event/event.go`) field for field and in
+//! Go's order, so `produce` can publish byte-compatible messages from the same model. When
+//! parsing, only the fields objmeta uses are read; every other field (known or not) is skipped
+//! without allocating, because this parser sees ~100k messages a second.
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+/// One object of one bucket. `key` is the decoded object name (what S3 clients use), never the
+/// query-escaped form found in `s3.object.key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId {
+    pub bucket: String,
+    pub key: String,
+}
+
+/// What one event record says about one object's current state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub object: ObjectId,
+    /// The record's `eventName`, e.g. `s3:ObjectCreated:Put`.
+    pub event_name: String,
+    pub event_time: OffsetDateTime,
+    /// MinIO's hex sequencer as a number: orders the events of one object (newer or equal wins).
+    pub sequencer: i64,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// The object exists with this state (`s3:ObjectCreated:*`).
+    Upsert(ObjectState),
+    /// The object is no longer current (`s3:ObjectRemoved:*`, `s3:LifecycleDelMarkerExpiration:*`).
+    ///
+    /// `only_if_current_version` is true for `s3:ObjectRemoved:Delete` carrying a `versionId`:
+    /// deleting one specific version removes the row only when that version is the current one,
+    /// because deleting an older version leaves the object in place. DeleteMarkerCreated,
+    /// DeleteAllVersions, NoOP, the other removals and lifecycle expirations are unconditional.
+    Remove {
+        version_id: Option<String>,
+        only_if_current_version: bool,
+    },
+}
+
+/// An object's state as a Created event reports it.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ObjectState {
+    pub version_id: Option<String>,
+    pub size: Option<i64>,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    /// `x-amz-meta-*` entries: prefix (matched case-insensitively) stripped, key lower-cased.
+    pub user_metadata: serde_json::Map<String, serde_json::Value>,
+    /// Every other `userMetadata` entry (`content-type`, `cache-control`, …), key lower-cased.
+    pub system_metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Event families, for metrics labels: a small fixed set, never the raw event name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventFamily {
+    Created,
+    Removed,
+    Accessed,
+    Replication,
+    Restore,
+    Transition,
+    Scanner,
+    Bucket,
+    Other,
+}
+
+impl EventFamily {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Removed => "removed",
+            Self::Accessed => "accessed",
+            Self::Replication => "replication",
+            Self::Restore => "restore",
+            Self::Transition => "transition",
+            Self::Scanner => "scanner",
+            Self::Bucket => "bucket",
+            Self::Other => "other",
+        }
+    }
+
+    /// The family of an event name, from its second segment (`s3:<Family>:<Operation>`).
+    /// Names that are not of that shape are `Other`.
+    pub fn of(event_name: &str) -> EventFamily {
+        let family = event_name
+            .strip_prefix("s3:")
+            .and_then(|rest| rest.split_once(':'))
+            .map_or("", |(family, _)| family);
+        match family {
+            "ObjectCreated" => Self::Created,
+            "ObjectRemoved" | "LifecycleDelMarkerExpiration" => Self::Removed,
+            "ObjectAccessed" => Self::Accessed,
+            "ObjectReplication" | "Replication" => Self::Replication,
+            "ObjectRestore" => Self::Restore,
+            "ObjectTransition" => Self::Transition,
+            "Scanner" => Self::Scanner,
+            "BucketCreated" | "BucketRemoved" => Self::Bucket,
+            _ => Self::Other,
+        }
+    }
+
+    /// Only these families change an object's row.
+    fn changes_objects(self) -> bool {
+        matches!(self, Self::Created | Self::Removed)
+    }
+}
+
+/// What one Kafka message holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Parsed {
+    pub changes: Vec<Change>,
+    /// One entry per record of a family that does not change object rows (read, replication, …).
+    pub skipped: Vec<EventFamily>,
+}
+
+/// Why a message cannot be turned into changes. The caller dead-letters the message with its
+/// raw bytes; `label()` is a short fixed code for metrics, `Display` says what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty message: the Kafka value is null or blank")]
+    Empty,
+    #[error("invalid JSON: {0}")]
+    InvalidJson(serde_json::Error),
+    #[error("invalid JSON: not UTF-8 (first bad byte at offset {valid_up_to})")]
+    InvalidUtf8 { valid_up_to: usize },
+    #[error("not a MinIO event notification: {0}")]
+    NotMinioEvent(String),
+    #[error("not a MinIO event notification: \"Records\" is an empty array")]
+    NoRecords,
+    /// Something is wrong in record `index` of `Records`.
+    #[error("record {index}: {error}")]
+    Record {
+        index: usize,
+        error: Box<ParseError>,
+    },
+    /// Something is wrong with one field of a record (a JSON path such as `s3.object.key`).
+    #[error("{field}: {error}")]
+    Field {
+        field: Cow<'static, str>,
+        error: Box<ParseError>,
+    },
+    /// A JSON value of the wrong type or range (serde's message carries line and column).
+    #[error("{0}")]
+    WrongType(String),
+    #[error("missing or empty")]
+    Missing,
+    #[error("{name:?} is not a MinIO event name (those start with \"s3:\")")]
+    NotS3EventName { name: String },
+    #[error("invalid escape {escape:?}")]
+    InvalidEscape { escape: String },
+    #[error("unescaped bytes are not valid UTF-8")]
+    NotUtf8,
+    #[error("{value:?} is not a sequencer: {reason}")]
+    BadSequencer { value: String, reason: &'static str },
+    #[error("{value:?} is not an RFC 3339 time: {reason}")]
+    BadEventTime { value: String, reason: String },
+    #[error("contains a NUL character (U+0000), which PostgreSQL text and jsonb cannot store")]
+    NulCharacter,
+    #[error("value must be a string, found {found}")]
+    NotString { found: &'static str },
+}
+
+impl ParseError {
+    /// Short fixed reason code for a metrics label; wrappers report their cause's code.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::InvalidJson(_) | Self::InvalidUtf8 { .. } => "invalid_json",
+            Self::NotMinioEvent(_) | Self::NotS3EventName { .. } => "not_minio_event",
+            Self::NoRecords => "no_records",
+            Self::Record { error, .. } | Self::Field { error, .. } => error.label(),
+            Self::WrongType(_) => "bad_field",
+            Self::Missing => "missing_field",
+            Self::InvalidEscape { .. } | Self::NotUtf8 => "bad_key",
+            Self::BadSequencer { .. } => "bad_sequencer",
+            Self::BadEventTime { .. } => "bad_event_time",
+            Self::NulCharacter => "nul_character",
+            Self::NotString { .. } => "bad_metadata",
+        }
+    }
+
+    fn at(field: impl Into<Cow<'static, str>>) -> impl FnOnce(ParseError) -> ParseError {
+        let field = field.into();
+        move |error| ParseError::Field {
+            field,
+            error: Box::new(error),
+        }
+    }
+}
+
+/// Parses one Kafka message value (`None` is a tombstone) into the changes it carries.
+///
+/// Every record must be valid, or the whole message is an error naming the record: a message is
+/// dead-lettered as a unit with its raw bytes, never half applied. A NUL character (U+0000) in
+/// any stored text (bucket, key, event name, version, eTag, content type, metadata key or
+/// value) is rejected here, because PostgreSQL text and jsonb cannot store it and the batch
+/// write would otherwise fail for every message in it. Records of families that change no rows
+/// are only counted in `skipped`; they need no bucket, key or sequencer.
+pub fn parse(payload: Option<&[u8]>) -> Result<Parsed, ParseError> {
+    let bytes = payload
+        .filter(|bytes| !bytes.iter().all(u8::is_ascii_whitespace))
+        .ok_or(ParseError::Empty)?;
+    let records = deserialize_records(bytes)?;
+    if records.is_empty() {
+        return Err(ParseError::NoRecords);
+    }
+    let mut parsed = Parsed {
+        changes: Vec::with_capacity(records.len()),
+        skipped: Vec::new(),
+    };
+    for (index, record) in records.iter().enumerate() {
+        let outcome = convert(record).map_err(|error| ParseError::Record {
+            index,
+            error: Box::new(error),
+        })?;
+        match outcome {
+            Ok(change) => parsed.changes.push(change),
+            Err(family) => parsed.skipped.push(family),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Reads `Records` of the envelope, telling apart broken JSON, a document that is not a MinIO
+/// notification, and a record with a wrongly typed field (named by its index).
+///
+/// The payload is validated as UTF-8 up front, because serde_json does not check the strings it
+/// skips; parsing from `&str` then avoids validating the strings it reads a second time.
+fn deserialize_records(bytes: &[u8]) -> Result<Vec<Record<'_>>, ParseError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ParseError::InvalidUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    let current = Cell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let result = EnvelopeSeed { current: &current }
+        .deserialize(&mut deserializer)
+        .and_then(|records| deserializer.end().map(|()| records));
+    result.map_err(|error| match (error.classify(), current.get()) {
+        (serde_json::error::Category::Data, Some(index)) => ParseError::Record {
+            index,
+            error: Box::new(ParseError::WrongType(error.to_string())),
+        },
+        (serde_json::error::Category::Data, None) => ParseError::NotMinioEvent(error.to_string()),
+        _ => ParseError::InvalidJson(error),
+    })
+}
+
+/// A record's change, or its family when it changes no rows.
+fn convert(record: &Record<'_>) -> Result<Result<Change, EventFamily>, ParseError> {
+    let name = &record.event_name;
+    if !name.starts_with("s3:") {
+        let error = ParseError::NotS3EventName {
+            name: name.to_string(),
+        };
+        return Err(ParseError::at("eventName")(error));
+    }
+    let family = EventFamily::of(name);
+    if !family.changes_objects() {
+        return Ok(Err(family));
+    }
+    no_nul(name).map_err(ParseError::at("eventName"))?;
+    let object = object_id(&record.s3)?;
+    let event_time = parse_event_time(&record.event_time).map_err(ParseError::at("eventTime"))?;
+    let sequencer = parse_sequencer(&record.s3.object.sequencer)
+        .map_err(ParseError::at("s3.object.sequencer"))?;
+    let version_id = optional_text(&record.s3.object.version_id)
+        .map_err(ParseError::at("s3.object.versionId"))?;
+    let action = if family == EventFamily::Created {
+        Action::Upsert(object_state(&record.s3.object, version_id)?)
+    } else {
+        Action::Remove {
+            only_if_current_version: name == "s3:ObjectRemoved:Delete" && version_id.is_some(),
+            version_id,
+        }
+    };
+    Ok(Ok(Change {
+        object,
+        event_name: name.to_string(),
+        event_time,
+        sequencer,
+        action,
+    }))
+}
+
+fn object_id(s3: &S3<'_>) -> Result<ObjectId, ParseError> {
+    let bucket = required_text(&s3.bucket.name).map_err(ParseError::at("s3.bucket.name"))?;
+    let key = required_text(&s3.object.key)
+        .and_then(|escaped| query_unescape(&escaped))
+        .and_then(|key| no_nul(&key).map(|()| key))
+        .map_err(ParseError::at("s3.object.key"))?;
+    Ok(ObjectId { bucket, key })
+}
+
+fn object_state(
+    object: &Object<'_>,
+    version_id: Option<String>,
+) -> Result<ObjectState, ParseError> {
+    if object.size.is_some_and(|size| size < 0) {
+        let error = ParseError::WrongType("a size cannot be negative".to_string());
+        return Err(ParseError::at("s3.object.size")(error));
+    }
+    let (user_metadata, system_metadata) = split_metadata(&object.user_metadata)?;
+    Ok(ObjectState {
+        version_id,
+        size: object.size,
+        etag: optional_text(&object.e_tag).map_err(ParseError::at("s3.object.eTag"))?,
+        content_type: optional_text(&object.content_type)
+            .map_err(ParseError::at("s3.object.contentType"))?,
+        user_metadata,
+        system_metadata,
+    })
+}
+
+type MetadataMap = serde_json::Map<String, serde_json::Value>;
+
+/// Splits `userMetadata` into user (`x-amz-meta-*`) and system entries, keys lower-cased.
+///
+/// Keys that collide after lower-casing (`X-Amz-Meta-Id` and `x-amz-meta-id`) resolve the same
+/// way whatever the JSON order: the value of the original key that sorts greatest in byte order
+/// wins (for an exactly repeated key, the greatest value). Lower-casing is Unicode, like Go's
+/// `strings.ToLower`.
+fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(MetadataMap, MetadataMap), ParseError> {
+    if let Some((key, found)) = &metadata.not_text {
+        let error = ParseError::NotString { found };
+        return Err(ParseError::at(format!("s3.object.userMetadata[{key:?}]"))(
+            error,
+        ));
+    }
+    let mut entries: Vec<&(Cow<'_, str>, Cow<'_, str>)> = metadata.entries.iter().collect();
+    entries.sort_unstable();
+    let (mut user, mut system) = (MetadataMap::new(), MetadataMap::new());
+    for (key, value) in entries {
+        if key.contains('\0') || value.contains('\0') {
+            let field = format!("s3.object.userMetadata[{key:?}]");
+            return Err(ParseError::at(field)(ParseError::NulCharacter));
+        }
+        let value = serde_json::Value::String(value.to_string());
+        match strip_user_prefix(key) {
+            Some(name) => user.insert(name.to_lowercase(), value),
+            None => system.insert(key.to_lowercase(), value),
+        };
+    }
+    Ok((user, system))
+}
+
+/// The rest of `key` after an `x-amz-meta-` prefix in any letter case.
+fn strip_user_prefix(key: &str) -> Option<&str> {
+    const PREFIX: &str = "x-amz-meta-";
+    let head = key.get(..PREFIX.len())?;
+    head.eq_ignore_ascii_case(PREFIX)
+        .then(|| &key[PREFIX.len()..])
+}
+
+fn required_text(text: &str) -> Result<String, ParseError> {
+    match optional_text(text)? {
+        Some(text) => Ok(text),
+        None => Err(ParseError::Missing),
+    }
+}
+
+/// MinIO omits empty strings (Go `omitempty`), so an empty one means "absent" too.
+fn optional_text(text: &str) -> Result<Option<String>, ParseError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    no_nul(text)?;
+    Ok(Some(text.to_string()))
+}
+
+fn no_nul(text: &str) -> Result<(), ParseError> {
+    match text.contains('\0') {
+        true => Err(ParseError::NulCharacter),
+        false => Ok(()),
+    }
+}
+
+/// MinIO prints `2006-01-02T15:04:05.000Z`; older releases had no fraction. Any RFC 3339 time
+/// is accepted and normalised to UTC.
+fn parse_event_time(text: &str) -> Result<OffsetDateTime, ParseError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|time| time.to_offset(UtcOffset::UTC))
+        .map_err(|error| ParseError::BadEventTime {
+            value: text.to_string(),
+            reason: error.to_string(),
+        })
+}
+
+/// MinIO's sequencer is `%X` of a Unix-nanosecond time; either letter case is accepted. It is
+/// stored as a PostgreSQL bigint, hence the `i64::MAX` limit (reached in the year 2262).
+fn parse_sequencer(text: &str) -> Result<i64, ParseError> {
+    let bad = |reason| ParseError::BadSequencer {
+        value: text.to_string(),
+        reason,
+    };
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    // Checked first because from_str_radix would also accept a leading '+'.
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("not hexadecimal"));
+    }
+    let value = u64::from_str_radix(text, 16).map_err(|_| bad("greater than i64::MAX"))?;
+    i64::try_from(value).map_err(|_| bad("greater than i64::MAX"))
+}
+
+/// Go's `url.QueryEscape`, byte for byte: how MinIO writes `s3.object.key`.
+pub fn query_escape(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + s.len() / 4);
+    for byte in s.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(byte))
+            }
+            b' ' => out.push('+'),
+            _ => {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            }
+        }
+    }
+    out
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space and `%XX` a byte. A malformed escape is an error
+/// naming it as Go does (at most three bytes from the `%`), and so is a result that is not
+/// UTF-8, since object names are UTF-8.
+pub fn query_unescape(s: &str) -> Result<String, ParseError> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Ok(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                tail.first().and_then(hex_value),
+                tail.get(1).and_then(hex_value),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    rest = &tail[2..];
+                }
+                _ => {
+                    let escape = &bytes[bytes.len() - tail.len() - 1..];
+                    let escape = String::from_utf8_lossy(&escape[..escape.len().min(3)]);
+                    return Err(ParseError::InvalidEscape {
+                        escape: escape.into_owned(),
+                    });
+                }
+            },
+            _ => out.push(byte),
+        }
+    }
+    String::from_utf8(out).map_err(|_| ParseError::NotUtf8)
+}
+
+fn hex_value(digit: &u8) -> Option<u8> {
+    char::from(*digit)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire model: MinIO's Go structs, in Go's field order, with `omitempty` where Go has it.
+// Fields marked `skip_deserializing` are written by `produce` but never read by `parse`.
+// ---------------------------------------------------------------------------------------------
+
+/// The Kafka message value: Go's `event.Log`. `parse` reads only `Records` (the record is the
+/// truth; `EventName` and `Key` are informational), so this type is only serialized.
+#[derive(Clone, Debug, Serialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "EventName")]
+    pub event_name: Cow<'a, str>,
+    /// `<bucket>/<raw object name>`, unescaped.
+    #[serde(rename = "Key")]
+    pub key: Cow<'a, str>,
+    #[serde(rename = "Records")]
+    pub records: Vec<Record<'a>>,
+}
+
+/// One event: Go's `event.Event`. Go's maps serialize with sorted keys, hence `BTreeMap`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record<'a> {
+    #[serde(skip_deserializing)]
+    pub event_version: Cow<'a, str>,
+    #[serde(skip_deserializing)]
+    pub event_source: Cow<'a, str>,
+    #[serde(skip_deserializing)]
+    pub aws_region: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub event_time: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub event_name: Cow<'a, str>,
+    #[serde(skip_deserializing)]
+    pub user_identity: Identity<'a>,
+    #[serde(skip_deserializing)]
+    pub request_parameters: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(skip_deserializing)]
+    pub response_elements: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub s3: S3<'a>,
+    #[serde(skip_deserializing)]
+    pub source: Source<'a>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity<'a> {
+    pub principal_id: Cow<'a, str>,
+}
+
+/// Go's `event.Metadata`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct S3<'a> {
+    #[serde(rename = "s3SchemaVersion", skip_deserializing)]
+    pub schema_version: Cow<'a, str>,
+    #[serde(rename = "configurationId", skip_deserializing)]
+    pub configuration_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub bucket: Bucket<'a>,
+    #[serde(borrow, default)]
+    pub object: Object<'a>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket<'a> {
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(skip_deserializing)]
+    pub owner_identity: Identity<'a>,
+    #[serde(skip_deserializing)]
+    pub arn: Cow<'a, str>,
+}
+
+/// Go's `event.Object`. `key` is query-escaped on the wire (see `query_escape`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object<'a> {
+    #[serde(borrow, default)]
+    pub key: Cow<'a, str>,
+    /// Go omits a zero size, so `Some(0)` is not written either.
+    #[serde(default, skip_serializing_if = "size_is_omitted")]
+    pub size: Option<i64>,
+    #[serde(rename = "eTag", borrow, default, skip_serializing_if = "str::is_empty")]
+    pub e_tag: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
+    pub content_type: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "UserMetadata::is_empty")]
+    pub user_metadata: UserMetadata<'a>,
+    #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
+    pub version_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub sequencer: Cow<'a, str>,
+}
+
+fn size_is_omitted(size: &Option<i64>) -> bool {
+    size.is_none_or(|size| size == 0)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Source<'a> {
+    pub host: Cow<'a, str>,
+    pub port: Cow<'a, str>,
+    pub user_agent: Cow<'a, str>,
+}
+
+/// `s3.object.userMetadata`, a string→string map. Entries keep message order when read (the
+/// collision rule in `split_metadata` needs every entry) and are written sorted, as Go does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserMetadata<'a> {
+    entries: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// The first entry whose value was not a string, and what it was. Kept instead of failing
+    /// in serde, whose error could not name the key.
+    not_text: Option<(Cow<'a, str>, &'static str)>,
+}
+
+impl<'a> UserMetadata<'a> {
+    pub fn insert(&mut self, key: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
+        self.entries.push((key.into(), value.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.not_text.is_none()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+}
+
+impl<'a, K: Into<Cow<'a, str>>, V: Into<Cow<'a, str>>> FromIterator<(K, V)> for UserMetadata<'a> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut metadata = UserMetadata::default();
+        iter.into_iter().for_each(|(k, v)| metadata.insert(k, v));
+        metadata
+    }
+}
+
+impl Serialize for UserMetadata<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<&(Cow<'_, str>, Cow<'_, str>)> = self.entries.iter().collect();
+        sorted.sort_unstable();
+        serializer.collect_map(sorted.into_iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for UserMetadata<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_option(MetadataVisitor)
+    }
+}
+
+struct MetadataVisitor;
+
+impl<'de> Visitor<'de> for MetadataVisitor {
+    type Value = UserMetadata<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("userMetadata as an object of strings")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(UserMetadata::default())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(UserMetadata::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut metadata = UserMetadata::default();
+        while let Some(Text(key)) = map.next_key()? {
+            match map.next_value::<AnyText<'de>>()?.0 {
+                Ok(value) => metadata.entries.push((key, value)),
+                Err(found) if metadata.not_text.is_none() => metadata.not_text = Some((key, found)),
+                Err(_) => {}
+            }
+        }
+        Ok(metadata)
+    }
+}
+
+/// A JSON string, borrowed from the message when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Text(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Text(Cow::Owned(v)))
+    }
+}
+
+/// Any JSON value: a string, or the kind of value it was instead.
+struct AnyText<'a>(Result<Cow<'a, str>, &'static str>);
+
+impl<'de> Deserialize<'de> for AnyText<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyTextVisitor)
+    }
+}
+
+struct AnyTextVisitor;
+
+impl<'de> Visitor<'de> for AnyTextVisitor {
+    type Value = AnyText<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(AnyText(Ok(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(AnyText(Ok(Cow::Owned(v.to_string()))))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(AnyText(Ok(Cow::Owned(v))))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(AnyText(Err("a boolean")))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(AnyText(Err("a number")))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(AnyText(Err("a number")))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(AnyText(Err("a number")))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(AnyText(Err("null")))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(AnyText(Err("an array")))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(AnyText(Err("an object")))
+    }
+}
+
+/// Reads the envelope's `Records`, skipping its other fields. `current` holds the index of the
+/// record being read, so that a type error can be attributed to it.
+struct EnvelopeSeed<'c> {
+    current: &'c Cell<Option<usize>>,
+}
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Vec<Record<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = Vec<Record<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with \"Records\"")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut records = None;
+        while let Some(Text(key)) = map.next_key()? {
+            if key == "Records" {
+                records = Some(map.next_value_seed(RecordsSeed {
+                    current: self.current,
+                })?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        records.ok_or_else(|| de::Error::missing_field("Records"))
+    }
+}
+
+struct RecordsSeed<'c> {
+    current: &'c Cell<Option<usize>>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = Vec<Record<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
+    type Value = Vec<Record<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"Records\" as an array of event records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+        loop {
+            self.current.set(Some(records.len()));
+            match seq.next_element()? {
+                Some(record) => records.push(record),
+                None => break,
+            }
+        }
+        self.current.set(None);
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use time::macros::datetime;
+
+    const DOCS_PUT: &str = include_str!("../tests/fixtures/minio-docs-kafka-put.json");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(path).unwrap()
+    }
+
+    /// A valid single-record Put message as a JSON value, for tests to mutate.
+    fn message() -> Value {
+        json!({
+            "EventName": "s3:ObjectCreated:Put",
+            "Key": "bucket-a/dir/file one.txt",
+            "Records": [record("s3:ObjectCreated:Put")],
+        })
+    }
+
+    fn record(event_name: &str) -> Value {
+        json!({
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": "2026-01-15T10:00:00.123Z",
+            "eventName": event_name,
+            "userIdentity": {"principalId": "minioadmin"},
+            "requestParameters": {"principalId": "minioadmin", "region": "", "sourceIPAddress": "10.0.0.1"},
+            "responseElements": {"x-amz-request-id": "188ADF2F9A6E0C15"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "Config",
+                "bucket": {"name": "bucket-a", "ownerIdentity": {"principalId": "minioadmin"}, "arn": "arn:aws:s3:::bucket-a"},
+                "object": {
+                    "key": "dir%2Ffile+one.txt",
+                    "size": 42,
+                    "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                    "contentType": "text/plain",
+                    "userMetadata": {"X-Amz-Meta-Id": "1843", "content-type": "text/plain"},
+                    "sequencer": "188ADF2F9A6E0C15"
+                }
+            },
+            "source": {"host": "10.0.0.1", "port": "", "userAgent": "test"}
+        })
+    }
+
+    fn parse_value(value: &Value) -> Result<Parsed, ParseError> {
+        parse(Some(&serde_json::to_vec(value).unwrap()))
+    }
+
+    /// Parses `message()` after `edit` changed it.
+    fn parse_edited(edit: impl FnOnce(&mut Value)) -> Result<Parsed, ParseError> {
+        let mut value = message();
+        edit(&mut value);
+        parse_value(&value)
+    }
+
+    /// Sets (or adds) the object field at `pointer`.
+    fn set(value: &mut Value, pointer: &str, new: Value) {
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        let parent = value.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+        parent.insert(field.to_string(), new);
+    }
+
+    fn remove(value: &mut Value, pointer: &str) {
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        value
+            .pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove(field);
+    }
+
+    fn single(parsed: Parsed) -> Change {
+        assert!(parsed.skipped.is_empty(), "{parsed:?}");
+        assert_eq!(parsed.changes.len(), 1, "{parsed:?}");
+        parsed.changes.into_iter().next().unwrap()
+    }
+
+    fn upsert(change: &Change) -> &ObjectState {
+        match &change.action {
+            Action::Upsert(state) => state,
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+
+    fn err(result: Result<Parsed, ParseError>) -> ParseError {
+        result.expect_err("expected a parse error")
+    }
+
+    fn strings(pairs: &[(&str, &str)]) -> serde_json::Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect()
+    }
+
+    const OBJ: &str = "/Records/0/s3/object";
+
+    #[test]
+    fn parses_minio_documentation_example() {
+        let change = single(parse(Some(DOCS_PUT.as_bytes())).unwrap());
+        assert_eq!(
+            change.object,
+            ObjectId {
+                bucket: "images".into(),
+                key: "myphoto.jpg".into()
+            }
+        );
+        assert_eq!(change.event_name, "s3:ObjectCreated:Put");
+        assert_eq!(change.event_time, datetime!(2019-09-10 17:41:54 UTC));
+        assert_eq!(change.sequencer, 0x15C3_2494_527B_46C5);
+        let state = upsert(&change);
+        assert_eq!(state.version_id.as_deref(), Some("1"));
+        assert_eq!(state.size, Some(6474));
+        assert_eq!(
+            state.etag.as_deref(),
+            Some("430f89010c77aa34fc8760696da62d08-1")
+        );
+        assert_eq!(state.content_type.as_deref(), Some("image/jpeg"));
+        assert!(state.user_metadata.is_empty());
+        assert_eq!(
+            state.system_metadata,
+            strings(&[("content-type", "image/jpeg")])
+        );
+    }
+
+    #[test]
+    fn parses_put_fixture_with_metadata() {
+        let change = single(parse(Some(&fixture("put_with_metadata.json"))).unwrap());
+        assert_eq!(change.object.bucket, "test-bucket");
+        assert_eq!(change.object.key, "test-file_apiid.txt");
+        let state = upsert(&change);
+        let user = strings(&[("api", "https://api.example.com/v1"), ("id", "1843")]);
+        assert_eq!(state.user_metadata, user);
+        assert_eq!(
+            state.system_metadata,
+            strings(&[("content-type", "text/plain")])
+        );
+        assert_eq!(state.version_id, None);
+    }
+
+    #[test]
+    fn copy_fixture_is_newer_with_new_metadata() {
+        let put = single(parse(Some(&fixture("put_with_metadata.json"))).unwrap());
+        let copy = single(parse(Some(&fixture("copy_new_metadata.json"))).unwrap());
+        assert_eq!(copy.event_name, "s3:ObjectCreated:Copy");
+        assert_eq!(copy.object, put.object);
+        assert!(copy.sequencer > put.sequencer);
+        assert_eq!(upsert(&copy).user_metadata["id"], json!("1844"));
+    }
+
+    #[test]
+    fn delete_fixture_is_an_unconditional_newer_remove() {
+        let copy = single(parse(Some(&fixture("copy_new_metadata.json"))).unwrap());
+        let delete = single(parse(Some(&fixture("delete.json"))).unwrap());
+        assert_eq!(delete.object, copy.object);
+        assert!(delete.sequencer > copy.sequencer);
+        let expected = Action::Remove {
+            version_id: None,
+            only_if_current_version: false,
+        };
+        assert_eq!(delete.action, expected);
+    }
+
+    #[test]
+    fn multipart_fixture() {
+        let change = single(parse(Some(&fixture("multipart.json"))).unwrap());
+        assert_eq!(
+            change.event_name,
+            "s3:ObjectCreated:CompleteMultipartUpload"
+        );
+        let state = upsert(&change);
+        assert!(state.size.unwrap() > 100 << 20);
+        assert!(state.etag.as_deref().unwrap().ends_with("-3"));
+    }
+
+    #[test]
+    fn escaped_key_fixture_decodes_to_the_envelope_key() {
+        let bytes = fixture("escaped_key.json");
+        let change = single(parse(Some(&bytes)).unwrap());
+        assert_eq!(change.object.key, "dir one/a+b 100% ü.txt");
+        let envelope: Value = serde_json::from_slice(&bytes).unwrap();
+        let expected = format!("{}/{}", change.object.bucket, change.object.key);
+        assert_eq!(envelope["Key"], json!(expected));
+    }
+
+    #[test]
+    fn delete_marker_fixture_is_unconditional_with_its_version() {
+        let change = single(parse(Some(&fixture("delete_marker.json"))).unwrap());
+        assert_eq!(change.event_name, "s3:ObjectRemoved:DeleteMarkerCreated");
+        match change.action {
+            Action::Remove {
+                version_id,
+                only_if_current_version,
+            } => {
+                assert!(version_id.is_some());
+                assert!(!only_if_current_version);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_fixture_is_skipped() {
+        let parsed = parse(Some(&fixture("get.json"))).unwrap();
+        assert!(parsed.changes.is_empty());
+        assert_eq!(parsed.skipped, vec![EventFamily::Accessed]);
+    }
+
+    #[test]
+    fn every_event_family() {
+        let cases = [
+            ("s3:ObjectCreated:Put", EventFamily::Created, "created"),
+            (
+                "s3:ObjectCreated:PutTagging",
+                EventFamily::Created,
+                "created",
+            ),
+            ("s3:ObjectRemoved:Delete", EventFamily::Removed, "removed"),
+            (
+                "s3:LifecycleDelMarkerExpiration:Delete",
+                EventFamily::Removed,
+                "removed",
+            ),
+            ("s3:ObjectAccessed:Head", EventFamily::Accessed, "accessed"),
+            (
+                "s3:ObjectReplication:OperationFailedReplication",
+                EventFamily::Replication,
+                "replication",
+            ),
+            (
+                "s3:Replication:OperationCompletedReplication",
+                EventFamily::Replication,
+                "replication",
+            ),
+            (
+                "s3:ObjectRestore:Completed",
+                EventFamily::Restore,
+                "restore",
+            ),
+            (
+                "s3:ObjectTransition:Complete",
+                EventFamily::Transition,
+                "transition",
+            ),
+            ("s3:Scanner:ManyVersions", EventFamily::Scanner, "scanner"),
+            ("s3:BucketCreated:*", EventFamily::Bucket, "bucket"),
+            ("s3:BucketRemoved:*", EventFamily::Bucket, "bucket"),
+            ("s3:SomethingNew:Thing", EventFamily::Other, "other"),
+            ("s3:ObjectCreated", EventFamily::Other, "other"),
+            ("ObjectCreated:Put", EventFamily::Other, "other"),
+        ];
+        for (name, family, label) in cases {
+            assert_eq!(EventFamily::of(name), family, "{name}");
+            assert_eq!(family.label(), label);
+        }
+    }
+
+    #[test]
+    fn records_of_other_families_are_skipped() {
+        for (name, family) in [
+            ("s3:ObjectAccessed:Get", EventFamily::Accessed),
+            (
+                "s3:ObjectReplication:OperationReplicatedAfterThreshold",
+                EventFamily::Replication,
+            ),
+            ("s3:ObjectRestore:Post", EventFamily::Restore),
+            ("s3:ObjectTransition:Failed", EventFamily::Transition),
+            ("s3:Scanner:BigPrefix", EventFamily::Scanner),
+            ("s3:Future:Event", EventFamily::Other),
+        ] {
+            let parsed = parse_edited(|m| set(m, "/Records/0/eventName", json!(name))).unwrap();
+            assert!(parsed.changes.is_empty(), "{name}");
+            assert_eq!(parsed.skipped, vec![family], "{name}");
+        }
+    }
+
+    #[test]
+    fn bucket_event_without_object_is_skipped() {
+        let parsed = parse_edited(|m| {
+            set(m, "/Records/0/eventName", json!("s3:BucketCreated:*"));
+            remove(m, "/Records/0/s3/object");
+            set(m, "/Records/0/eventTime", json!(""));
+        })
+        .unwrap();
+        assert_eq!(parsed.skipped, vec![EventFamily::Bucket]);
+    }
+
+    #[test]
+    fn event_time_with_and_without_fraction() {
+        for (text, expected) in [
+            ("2019-09-10T17:41:54Z", datetime!(2019-09-10 17:41:54 UTC)),
+            (
+                "2019-09-10T17:41:54.123Z",
+                datetime!(2019-09-10 17:41:54.123 UTC),
+            ),
+            (
+                "2019-09-10T17:41:54.5Z",
+                datetime!(2019-09-10 17:41:54.5 UTC),
+            ),
+            (
+                "2019-09-10T17:41:54.123456789Z",
+                datetime!(2019-09-10 17:41:54.123456789 UTC),
+            ),
+            (
+                "2019-09-10T17:41:54.1234567891Z",
+                datetime!(2019-09-10 17:41:54.123456789 UTC),
+            ),
+            (
+                "2019-09-10T19:41:54+02:00",
+                datetime!(2019-09-10 17:41:54 UTC),
+            ),
+        ] {
+            let change =
+                single(parse_edited(|m| set(m, "/Records/0/eventTime", json!(text))).unwrap());
+            assert_eq!(change.event_time, expected, "{text}");
+            assert_eq!(change.event_time.offset(), UtcOffset::UTC);
+        }
+    }
+
+    #[test]
+    fn query_escape_matches_go() {
+        assert_eq!(query_escape("a b+c/d%e~f*ü"), "a+b%2Bc%2Fd%25e~f%2A%C3%BC");
+        assert_eq!(
+            query_escape("dir one/a+b 100% ü.txt"),
+            "dir+one%2Fa%2Bb+100%25+%C3%BC.txt"
+        );
+        assert_eq!(query_escape("AZaz09-_.~"), "AZaz09-_.~");
+        assert_eq!(
+            query_escape("!'()*:;=?@[]&$,#\""),
+            "%21%27%28%29%2A%3A%3B%3D%3F%40%5B%5D%26%24%2C%23%22"
+        );
+        assert_eq!(query_escape("日本"), "%E6%97%A5%E6%9C%AC");
+        assert_eq!(query_escape(""), "");
+    }
+
+    #[test]
+    fn query_unescape_matches_go() {
+        assert_eq!(
+            query_unescape("a+b%2Bc%2Fd%25e~f%2A%C3%BC").unwrap(),
+            "a b+c/d%e~f*ü"
+        );
+        assert_eq!(query_unescape("%c3%bc").unwrap(), "ü");
+        assert_eq!(query_unescape("plain/key.txt").unwrap(), "plain/key.txt");
+        assert_eq!(query_unescape("a/b c").unwrap(), "a/b c");
+        for (bad, escape) in [
+            ("%zz", "%zz"),
+            ("a%", "%"),
+            ("a%4", "%4"),
+            ("%4g-tail", "%4g"),
+            ("%é", "%é"),
+            ("%aé", "%a\u{fffd}"),
+        ] {
+            match query_unescape(bad) {
+                Err(ParseError::InvalidEscape { escape: got }) => assert_eq!(got, escape, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(query_unescape("%C3"), Err(ParseError::NotUtf8)));
+        assert!(matches!(query_unescape("%FF%FE"), Err(ParseError::NotUtf8)));
+        assert_eq!(
+            query_unescape("%zz").unwrap_err().to_string(),
+            "invalid escape \"%zz\""
+        );
+    }
+
+    #[test]
+    fn escaping_round_trips() {
+        let mut all_ascii: String = (1u8..128).map(char::from).collect();
+        all_ascii.push_str(" ü é 日本語 🎉 100% a+b ");
+        for name in [
+            all_ascii.as_str(),
+            "dir one/a+b 100% ü.txt",
+            "+",
+            "%",
+            " ",
+            "%2B",
+            "",
+        ] {
+            assert_eq!(query_unescape(&query_escape(name)).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn escaped_keys_are_decoded_in_records() {
+        for (escaped, raw) in [
+            (
+                "dir+one%2Fa%2Bb+100%25+%C3%BC.txt",
+                "dir one/a+b 100% ü.txt",
+            ),
+            ("photos/2026/a.jpg", "photos/2026/a.jpg"),
+            ("%E6%97%A5%E6%9C%AC.txt", "日本.txt"),
+        ] {
+            let change =
+                single(parse_edited(|m| set(m, &format!("{OBJ}/key"), json!(escaped))).unwrap());
+            assert_eq!(change.object.key, raw);
+        }
+    }
+
+    #[test]
+    fn bad_escape_in_key_names_record_and_field() {
+        let error = err(parse_edited(|m| {
+            set(m, &format!("{OBJ}/key"), json!("a%zzb"))
+        }));
+        assert_eq!(
+            error.to_string(),
+            "record 0: s3.object.key: invalid escape \"%zz\""
+        );
+        assert_eq!(error.label(), "bad_key");
+        let error = err(parse_edited(|m| {
+            set(m, &format!("{OBJ}/key"), json!("%FF"))
+        }));
+        assert_eq!(error.label(), "bad_key");
+    }
+
+    #[test]
+    fn empty_payloads() {
+        for payload in [None, Some(&b""[..]), Some(&b" \n\t"[..])] {
+            let error = err(parse(payload));
+            assert!(matches!(error, ParseError::Empty), "{error:?}");
+            assert_eq!(error.label(), "empty");
+        }
+    }
+
+    #[test]
+    fn invalid_json_and_invalid_utf8() {
+        for payload in [
+            &b"{"[..],
+            b"{\"Records\": [}",
+            b"not json",
+            b"{\"Records\": []} trailing",
+            b"{\"Key\": \"\xff\xfe\", \"Records\": []}",
+        ] {
+            let error = err(parse(Some(payload)));
+            assert_eq!(error.label(), "invalid_json", "{error}");
+            assert!(error.to_string().starts_with("invalid JSON: "), "{error}");
+        }
+    }
+
+    #[test]
+    fn documents_that_are_not_minio_events() {
+        for payload in [
+            &b"[]"[..],
+            b"5",
+            b"\"text\"",
+            b"null",
+            b"{}",
+            b"{\"EventName\": \"s3:ObjectCreated:Put\"}",
+            b"{\"Records\": null}",
+            b"{\"Records\": {}}",
+        ] {
+            let error = err(parse(Some(payload)));
+            assert_eq!(
+                error.label(),
+                "not_minio_event",
+                "{}: {error}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        let error = err(parse(Some(b"{\"Key\": \"a/b\"}")));
+        assert!(
+            error.to_string().contains("missing field `Records`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn empty_records_array() {
+        let error = err(parse(Some(
+            b"{\"EventName\": \"s3:ObjectCreated:Put\", \"Records\": []}",
+        )));
+        assert!(matches!(error, ParseError::NoRecords));
+        assert_eq!(error.label(), "no_records");
+    }
+
+    #[test]
+    fn record_that_is_not_an_object() {
+        let error = err(parse_edited(|m| {
+            m["Records"].as_array_mut().unwrap().push(json!("x"))
+        }));
+        assert_eq!(error.label(), "bad_field");
+        assert!(
+            error
+                .to_string()
+                .starts_with("record 1: invalid type: string \"x\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_bucket_and_key() {
+        let cases: [(&str, bool, &str); 4] = [
+            ("/Records/0/s3/bucket/name", true, "s3.bucket.name"),
+            ("/Records/0/s3/bucket/name", false, "s3.bucket.name"),
+            ("/Records/0/s3/object/key", true, "s3.object.key"),
+            ("/Records/0/s3/object/key", false, "s3.object.key"),
+        ];
+        for (pointer, missing, field) in cases {
+            for name in ["s3:ObjectCreated:Put", "s3:ObjectRemoved:Delete"] {
+                let error = err(parse_edited(|m| {
+                    set(m, "/Records/0/eventName", json!(name));
+                    if missing {
+                        remove(m, pointer)
+                    } else {
+                        set(m, pointer, json!(""))
+                    }
+                }));
+                assert_eq!(
+                    error.to_string(),
+                    format!("record 0: {field}: missing or empty")
+                );
+                assert_eq!(error.label(), "missing_field");
+            }
+        }
+        let error = err(parse_edited(|m| remove(m, "/Records/0/s3")));
+        assert_eq!(error.label(), "missing_field");
+    }
+
+    #[test]
+    fn wrong_json_types() {
+        for (pointer, value) in [
+            ("/Records/0/s3/object/size", json!("42")),
+            ("/Records/0/s3/object/size", json!(4.5)),
+            ("/Records/0/s3/object/eTag", json!(7)),
+            ("/Records/0/s3/object/userMetadata", json!(["a"])),
+            ("/Records/0/s3/bucket", json!("bucket-a")),
+            ("/Records/0/eventName", json!(null)),
+        ] {
+            let error = err(parse_edited(|m| set(m, pointer, value.clone())));
+            assert_eq!(error.label(), "bad_field", "{pointer}: {error}");
+            assert!(
+                error.to_string().starts_with("record 0: invalid type"),
+                "{error}"
+            );
+        }
+        let error = err(parse_edited(|m| set(m, &format!("{OBJ}/size"), json!(-1))));
+        assert_eq!(
+            error.to_string(),
+            "record 0: s3.object.size: a size cannot be negative"
+        );
+    }
+
+    #[test]
+    fn sequencers() {
+        for (text, expected) in [
+            ("188ADF2F9A6E0C15", 0x188A_DF2F_9A6E_0C15_i64),
+            ("188adf2f9a6e0c15", 0x188A_DF2F_9A6E_0C15),
+            ("1", 1),
+            ("0007FFFFFFFFFFFFFFF", i64::MAX),
+        ] {
+            let change =
+                single(parse_edited(|m| set(m, &format!("{OBJ}/sequencer"), json!(text))).unwrap());
+            assert_eq!(change.sequencer, expected, "{text}");
+        }
+        for (text, reason) in [
+            ("", "empty"),
+            ("12G4", "not hexadecimal"),
+            ("+12", "not hexadecimal"),
+            ("-12", "not hexadecimal"),
+            (" 12", "not hexadecimal"),
+            ("8000000000000000", "greater than i64::MAX"),
+            ("FFFFFFFFFFFFFFFFFF", "greater than i64::MAX"),
+        ] {
+            let error = err(parse_edited(|m| {
+                set(m, &format!("{OBJ}/sequencer"), json!(text))
+            }));
+            assert_eq!(error.label(), "bad_sequencer", "{text}");
+            let expected =
+                format!("record 0: s3.object.sequencer: {text:?} is not a sequencer: {reason}");
+            assert_eq!(error.to_string(), expected);
+        }
+        let error = err(parse_edited(|m| remove(m, &format!("{OBJ}/sequencer"))));
+        assert_eq!(error.label(), "bad_sequencer");
+    }
+
+    #[test]
+    fn bad_event_times() {
+        for text in [
+            "",
+            "2019-09-10T17:41:54",
+            "yesterday",
+            "2019-13-10T17:41:54Z",
+        ] {
+            let error = err(parse_edited(|m| {
+                set(m, "/Records/0/eventTime", json!(text))
+            }));
+            assert_eq!(error.label(), "bad_event_time", "{text}");
+            assert!(
+                error.to_string().starts_with("record 0: eventTime: "),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn event_names_that_are_not_minio() {
+        for edit in [
+            Box::new(|m: &mut Value| set(m, "/Records/0/eventName", json!("ObjectCreated:Put")))
+                as Box<dyn Fn(&mut Value)>,
+            Box::new(|m: &mut Value| set(m, "/Records/0/eventName", json!(""))),
+            Box::new(|m: &mut Value| remove(m, "/Records/0/eventName")),
+        ] {
+            let error = err(parse_edited(edit));
+            assert_eq!(error.label(), "not_minio_event");
+            assert!(
+                error.to_string().starts_with("record 0: eventName: "),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_rejected() {
+        let cases = [
+            (
+                "/Records/0/s3/bucket/name",
+                json!("bu\u{0}cket"),
+                "s3.bucket.name",
+            ),
+            ("/Records/0/s3/object/key", json!("a%00b"), "s3.object.key"),
+            (
+                "/Records/0/s3/object/key",
+                json!("a\u{0}b"),
+                "s3.object.key",
+            ),
+            (
+                "/Records/0/eventName",
+                json!("s3:ObjectCreated:P\u{0}t"),
+                "eventName",
+            ),
+            (
+                "/Records/0/s3/object/versionId",
+                json!("v\u{0}1"),
+                "s3.object.versionId",
+            ),
+            (
+                "/Records/0/s3/object/eTag",
+                json!("e\u{0}"),
+                "s3.object.eTag",
+            ),
+            (
+                "/Records/0/s3/object/contentType",
+                json!("text/\u{0}"),
+                "s3.object.contentType",
+            ),
+            (
+                "/Records/0/s3/object/userMetadata",
+                json!({"X-Amz-Meta-\u{0}": "v"}),
+                "s3.object.userMetadata[\"X-Amz-Meta-\\0\"]",
+            ),
+            (
+                "/Records/0/s3/object/userMetadata",
+                json!({"X-Amz-Meta-Id": "1\u{0}"}),
+                "s3.object.userMetadata[\"X-Amz-Meta-Id\"]",
+            ),
+        ];
+        for (pointer, value, field) in cases {
+            let error = err(parse_edited(|m| set(m, pointer, value.clone())));
+            assert_eq!(error.label(), "nul_character", "{pointer}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("record 0: {field}: contains a NUL")),
+                "{error}"
+            );
+        }
+        let error = err(parse_edited(|m| {
+            set(m, "/Records/0/eventName", json!("s3:ObjectRemoved:Delete"));
+            set(m, &format!("{OBJ}/key"), json!("%00"));
+        }));
+        assert_eq!(error.label(), "nul_character");
+    }
+
+    #[test]
+    fn metadata_values_must_be_strings() {
+        for (value, found) in [
+            (json!(5), "a number"),
+            (json!(1.5), "a number"),
+            (json!(true), "a boolean"),
+            (json!(null), "null"),
+            (json!({"a": [1]}), "an object"),
+            (json!(["a"]), "an array"),
+        ] {
+            let error = err(parse_edited(|m| {
+                let meta = json!({"X-Amz-Meta-Api": "https://x", "X-Amz-Meta-Id": value, "X-Amz-Meta-Z": "z"});
+                set(m, &format!("{OBJ}/userMetadata"), meta);
+            }));
+            assert_eq!(error.label(), "bad_metadata");
+            let expected = format!("record 0: s3.object.userMetadata[\"X-Amz-Meta-Id\"]: value must be a string, found {found}");
+            assert_eq!(error.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn metadata_split_and_lower_casing() {
+        let meta = json!({
+            "X-Amz-Meta-Api": "https://api.example.com/v1",
+            "x-amz-meta-Owner": "alice",
+            "X-AMZ-META-Mixed-Case": "M",
+            "content-type": "text/plain",
+            "Cache-Control": "no-cache",
+            "X-Amz-Tagging": "a=b",
+            "x-amz-meta-": "empty name",
+        });
+        let change =
+            single(parse_edited(|m| set(m, &format!("{OBJ}/userMetadata"), meta)).unwrap());
+        let state = upsert(&change);
+        let user = [
+            ("api", "https://api.example.com/v1"),
+            ("owner", "alice"),
+            ("mixed-case", "M"),
+            ("", "empty name"),
+        ];
+        assert_eq!(state.user_metadata, strings(&user));
+        let system = [
+            ("content-type", "text/plain"),
+            ("cache-control", "no-cache"),
+            ("x-amz-tagging", "a=b"),
+        ];
+        assert_eq!(state.system_metadata, strings(&system));
+    }
+
+    #[test]
+    fn metadata_collisions_resolve_by_greatest_original_key() {
+        let orders = [
+            r#"{"X-Amz-Meta-Id": "upper", "x-amz-meta-id": "lower", "Content-Type": "A", "content-type": "b"}"#,
+            r#"{"content-type": "b", "x-amz-meta-id": "lower", "Content-Type": "A", "X-Amz-Meta-Id": "upper"}"#,
+        ];
+        for order in orders {
+            let meta: Value = serde_json::from_str(order).unwrap();
+            let change =
+                single(parse_edited(|m| set(m, &format!("{OBJ}/userMetadata"), meta)).unwrap());
+            let state = upsert(&change);
+            // "x-amz-meta-id" > "X-Amz-Meta-Id" and "content-type" > "Content-Type" in byte order.
+            assert_eq!(state.user_metadata, strings(&[("id", "lower")]));
+            assert_eq!(state.system_metadata, strings(&[("content-type", "b")]));
+        }
+        for order in [r#"{"Id": "1", "Id": "2"}"#, r#"{"Id": "2", "Id": "1"}"#] {
+            let text = serde_json::to_string(&message()).unwrap().replace(
+                r#"{"X-Amz-Meta-Id":"1843","content-type":"text/plain"}"#,
+                order,
+            );
+            let change = single(parse(Some(text.as_bytes())).unwrap());
+            assert_eq!(upsert(&change).system_metadata, strings(&[("id", "2")]));
+        }
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_or_empty() {
+        let change = single(
+            parse_edited(|m| {
+                for field in ["size", "eTag", "contentType", "userMetadata"] {
+                    remove(m, &format!("{OBJ}/{field}"));
+                }
+                set(m, &format!("{OBJ}/versionId"), json!(""));
+            })
+            .unwrap(),
+        );
+        assert_eq!(upsert(&change), &ObjectState::default());
+        let change =
+            single(parse_edited(|m| set(m, &format!("{OBJ}/userMetadata"), json!(null))).unwrap());
+        assert!(upsert(&change).system_metadata.is_empty());
+    }
+
+    #[test]
+    fn multiple_records_are_all_accepted() {
+        let mut second = record("s3:ObjectRemoved:Delete");
+        set(&mut second, "/s3/object/key", json!("other.txt"));
+        set(
+            &mut second,
+            "/s3/object/sequencer",
+            json!("188ADF2F9A6E0C16"),
+        );
+        let value = json!({"Records": [record("s3:ObjectCreated:Put"), record("s3:ObjectAccessed:Get"), second]});
+        let parsed = parse_value(&value).unwrap();
+        assert_eq!(parsed.skipped, vec![EventFamily::Accessed]);
+        assert_eq!(parsed.changes.len(), 2);
+        assert_eq!(parsed.changes[0].object.key, "dir/file one.txt");
+        assert_eq!(parsed.changes[1].object.key, "other.txt");
+        assert!(matches!(parsed.changes[1].action, Action::Remove { .. }));
+    }
+
+    #[test]
+    fn an_invalid_record_fails_the_message_and_names_its_index() {
+        let mut bad = record("s3:ObjectCreated:Put");
+        set(&mut bad, "/s3/object/sequencer", json!("xyz"));
+        let value = json!({"Records": [record("s3:ObjectCreated:Put"), record("s3:ObjectCreated:Put"), bad]});
+        let error = err(parse_value(&value));
+        assert!(
+            error
+                .to_string()
+                .starts_with("record 2: s3.object.sequencer: "),
+            "{error}"
+        );
+        let mut bad = record("s3:ObjectCreated:Put");
+        set(&mut bad, "/s3/object/size", json!("1"));
+        let error = err(parse_value(
+            &json!({"Records": [record("s3:ObjectCreated:Put"), bad]}),
+        ));
+        assert!(
+            error.to_string().starts_with("record 1: invalid type"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_envelope_is_informational() {
+        let change = single(
+            parse_edited(|m| {
+                m["Extra"] = json!({"nested": [1, 2, {"x": null}]});
+                m["EventName"] = json!("s3:ObjectRemoved:Delete");
+                m["Key"] = json!("somewhere/else");
+                m["Records"][0]["newField"] = json!(["x"]);
+                m["Records"][0]["s3"]["future"] = json!(1);
+                m["Records"][0]["s3"]["object"]["checksum"] = json!({"crc32": "abc"});
+                m["Records"][0]["s3"]["bucket"]["region"] = json!(null);
+                m["Records"][0]["awsRegion"] = json!(17);
+            })
+            .unwrap(),
+        );
+        assert_eq!(change.event_name, "s3:ObjectCreated:Put");
+        assert_eq!(change.object.key, "dir/file one.txt");
+    }
+
+    #[test]
+    fn removals_with_and_without_version() {
+        let cases = [
+            ("s3:ObjectRemoved:Delete", Some("v1"), true),
+            ("s3:ObjectRemoved:Delete", None, false),
+            ("s3:ObjectRemoved:DeleteMarkerCreated", Some("dm1"), false),
+            ("s3:ObjectRemoved:DeleteAllVersions", Some("v1"), false),
+            ("s3:ObjectRemoved:NoOP", None, false),
+            ("s3:LifecycleDelMarkerExpiration:Delete", Some("dm1"), false),
+        ];
+        for (name, version, conditional) in cases {
+            let change = single(
+                parse_edited(|m| {
+                    set(m, "/Records/0/eventName", json!(name));
+                    let object = m.pointer_mut(OBJ).unwrap().as_object_mut().unwrap();
+                    object.retain(|k, _| k == "key" || k == "sequencer");
+                    if let Some(version) = version {
+                        object.insert("versionId".into(), json!(version));
+                    }
+                })
+                .unwrap(),
+            );
+            let expected = Action::Remove {
+                version_id: version.map(str::to_string),
+                only_if_current_version: conditional,
+            };
+            assert_eq!(change.action, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn wire_structs_serialize_like_minio() {
+        let object = Object {
+            key: "a+b".into(),
+            size: Some(0),
+            sequencer: "1".into(),
+            ..Object::default()
+        };
+        let json = serde_json::to_string(&object).unwrap();
+        assert_eq!(json, r#"{"key":"a+b","sequencer":"1"}"#);
+        let value: Value = serde_json::from_slice(&fixture("put_with_metadata.json")).unwrap();
+        let text = value["Records"][0].to_string();
+        let mut record: Record<'_> = serde_json::from_str(&text).unwrap();
+        record.event_version = "2.0".into();
+        let envelope = Envelope {
+            event_name: "s3:ObjectCreated:Put".into(),
+            key: "k".into(),
+            records: vec![record],
+        };
+        let text = serde_json::to_string(&envelope).unwrap();
+        let order = [
+            "\"EventName\"",
+            "\"Key\"",
+            "\"Records\"",
+            "\"eventVersion\"",
+            "\"eventSource\"",
+            "\"awsRegion\"",
+            "\"eventTime\"",
+            "\"eventName\"",
+            "\"userIdentity\"",
+            "\"requestParameters\"",
+            "\"responseElements\"",
+            "\"s3SchemaVersion\"",
+            "\"configurationId\"",
+            "\"bucket\"",
+            "\"name\"",
+            "\"ownerIdentity\"",
+            "\"arn\"",
+            "\"object\"",
+            "\"key\"",
+            "\"size\"",
+            "\"eTag\"",
+            "\"contentType\"",
+            "\"userMetadata\"",
+            "\"X-Amz-Meta-Api\"",
+            "\"X-Amz-Meta-Id\"",
+            "\"content-type\"",
+            "\"sequencer\"",
+            "\"source\"",
+            "\"host\"",
+            "\"port\"",
+            "\"userAgent\"",
+        ];
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|f| text.find(f).unwrap_or_else(|| panic!("{f} in {text}")))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(!text.contains("versionId"));
+        let change = single(parse(Some(text.as_bytes())).unwrap());
+        assert_eq!(upsert(&change).user_metadata["id"], json!("1843"));
+    }
+
+    #[test]
+    fn user_metadata_is_written_sorted() {
+        let metadata: UserMetadata<'_> = [("content-type", "text/plain"), ("X-Amz-Meta-Id", "1")]
+            .into_iter()
+            .collect();
+        let json = serde_json::to_string(&metadata).unwrap();
+        assert_eq!(json, r#"{"X-Amz-Meta-Id":"1","content-type":"text/plain"}"#);
+        assert_eq!(metadata.iter().count(), 2);
+    }
+
+    #[test]
+    fn borrowed_strings_avoid_copies() {
+        let bytes = fixture("put_with_metadata.json");
+        let records = deserialize_records(&bytes).unwrap();
+        assert!(matches!(records[0].s3.object.key, Cow::Borrowed(_)));
+        assert!(matches!(
+            records[0].s3.object.user_metadata.entries[0].1,
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(records[0].event_name, Cow::Borrowed(_)));
+    }
+}

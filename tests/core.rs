@@ -289,3 +289,112 @@ async fn poison_messages_are_dead_lettered_and_neighbours_written() {
         vec!["after.txt".to_string(), "before.txt".to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minio_fixtures_give_expected_rows() {
+    let bed = TestBed::new("fixtures", 3).await;
+    // The Copy arrives before the Put it follows: the newer metadata must stay.
+    let first_wave: Vec<(String, Vec<u8>)> = [
+        "copy_new_metadata.json",
+        "put_with_metadata.json",
+        "multipart.json",
+        "escaped_key.json",
+        "delete_marker.json",
+        "get.json",
+        "minio-docs-kafka-put.json",
+    ]
+    .iter()
+    .map(|name| {
+        let payload = common::fixture(name);
+        (common::message_key(&payload), payload)
+    })
+    .collect();
+    bed.publish(&first_wave).await;
+    let service = bed.start(&[]);
+    bed.wait_committed(first_wave.len() as i64, Duration::from_secs(60))
+        .await;
+
+    let db = bed.db().await;
+    let rows = live_rows(&db).await;
+    let names: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("images", "myphoto.jpg"),
+            ("media", "videos/2026/launch-keynote.mp4"),
+            ("test-bucket", "dir one/a+b 100% ü.txt"),
+            ("test-bucket", "test-file_apiid.txt"),
+        ]
+    );
+    assert_eq!(rows[0].3, json!({"content-type": "image/jpeg"}));
+    assert_eq!(
+        rows[1].2,
+        json!({"duration-seconds": "2712", "uploaded-by": "video-pipeline"})
+    );
+    assert_eq!(rows[1].5, "s3:ObjectCreated:CompleteMultipartUpload");
+    assert_eq!(
+        rows[3].2,
+        json!({"api": "https://api.example.com/v1", "id": "1844"})
+    );
+    assert_eq!(rows[3].5, "s3:ObjectCreated:Copy");
+    let marker: (Option<String>, bool) = db
+        .query_one(
+            "SELECT version_id, deleted_at IS NOT NULL FROM object_metadata \
+             WHERE bucket = 'versioned-bucket' AND key = 'reports/2026/q1.pdf'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        marker,
+        (Some("c8e1f2a4-7b3d-4f6e-9a1c-2d5e8f0b3a71".into()), true)
+    );
+
+    // Then the object is deleted: it leaves current_objects, stays as a tombstone.
+    let delete = common::fixture("delete.json");
+    bed.publish(&[(common::message_key(&delete), delete)]).await;
+    bed.wait_committed(first_wave.len() as i64 + 1, Duration::from_secs(60))
+        .await;
+    service.stop().await.unwrap();
+    let rows = live_rows(&db).await;
+    assert!(
+        rows.iter().all(|r| r.1 != "test-file_apiid.txt"),
+        "{rows:?}"
+    );
+    assert_eq!(rows.len(), 3);
+    let tombstone: (Option<i64>, serde_json::Value, String) = db
+        .query_one(
+            "SELECT size, user_metadata, event_name FROM object_metadata WHERE key = 'test-file_apiid.txt'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        tombstone,
+        (None, json!({}), "s3:ObjectRemoved:Delete".to_string())
+    );
+}
+
+type LiveRow = (
+    String,
+    String,
+    serde_json::Value,
+    serde_json::Value,
+    Option<i64>,
+    String,
+);
+
+async fn live_rows(db: &tokio_postgres::Client) -> Vec<LiveRow> {
+    db.query(
+        "SELECT bucket, key, user_metadata, system_metadata, size, event_name \
+         FROM current_objects ORDER BY bucket, key",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+    .collect()
+}

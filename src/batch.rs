@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::event::{Action, Change, ObjectId};
+use crate::event::{Action, Change, EventFamily, ObjectId};
 
 /// Where a message came from: enough to commit past it or to dead-letter it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,9 @@ pub struct WriteBatch {
     pub commit_offsets: Vec<(i32, i64)>,
     /// Messages that went into this batch, for metrics.
     pub messages: u64,
+    /// Change records that went into this batch per event family, for
+    /// metrics (superseded ones included: they were applied, in order).
+    pub families: HashMap<EventFamily, u64>,
     /// When the oldest message of the batch was consumed.
     pub started: Option<Instant>,
 }
@@ -56,6 +59,7 @@ struct PartitionWork {
     dead_letters: Vec<DeadLetter>,
     next_offset: i64,
     messages: u64,
+    families: HashMap<EventFamily, u64>,
 }
 
 /// The batch being accumulated by the pipeline.
@@ -75,6 +79,10 @@ impl Batch {
         match contribution {
             Contribution::Changes(changes) => {
                 for change in changes {
+                    *work
+                        .families
+                        .entry(EventFamily::of(&change.event_name))
+                        .or_default() += 1;
                     merge_into(&mut work.changes, change, origin);
                 }
             }
@@ -130,6 +138,9 @@ impl Batch {
         for (partition, work) in partitions {
             out.commit_offsets.push((partition, work.next_offset));
             out.messages += work.messages;
+            for (family, count) in work.families {
+                *out.families.entry(family).or_default() += count;
+            }
             out.dead_letters.extend(work.dead_letters);
             if merged.is_empty() {
                 merged = work.changes;
@@ -281,6 +292,7 @@ mod tests {
         assert!(batch.is_empty());
         assert_eq!(out.commit_offsets, vec![(0, 12), (1, 6)]);
         assert_eq!(out.messages, 4);
+        assert_eq!(out.families.get(&EventFamily::Created), Some(&3));
         let a = out
             .changes
             .iter()

@@ -21,6 +21,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -138,6 +139,22 @@ impl ClientContext for Context {
         self.metrics.kafka_errors.inc();
         tracing::warn!(error = %error, reason, "kafka client error");
     }
+
+    /// Exports the lag of the partitions this member owns; partitions it
+    /// gave away disappear from the gauge.
+    fn stats(&self, statistics: Statistics) {
+        let lag = &self.metrics.consumer_lag;
+        lag.reset();
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for partition in topic.partitions.values() {
+            if partition.partition >= 0 && partition.desired && partition.consumer_lag >= 0 {
+                lag.with_label_values(&[&partition.partition.to_string()])
+                    .set(partition.consumer_lag);
+            }
+        }
+    }
 }
 
 impl ConsumerContext for Context {
@@ -197,7 +214,9 @@ fn base_config(config: &KafkaConfig) -> ClientConfig {
         // Incremental rebalances: a joining or leaving member only moves the
         // partitions that must move; the others keep flowing.
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Feeds the consumer lag gauge.
+        .set("statistics.interval.ms", "5000");
     client
 }
 

@@ -5,8 +5,8 @@
 //! family, outcome, reason code, partition), never an object key.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Handles to all metrics; cheap to clone (each handle is an `Arc`).
@@ -38,6 +38,14 @@ pub struct Metrics {
     pub paused: IntGauge,
     /// Per partition, the offset committed last by this member.
     pub committed_offset: IntGaugeVec,
+    /// Per assigned partition, messages between the committed offset and the
+    /// end of the partition (from librdkafka statistics).
+    pub consumer_lag: IntGaugeVec,
+    /// Event time of the newest event written, in Unix seconds; freshness
+    /// is `time() - objmeta_last_event_timestamp_seconds`.
+    pub last_event_timestamp: Gauge,
+    /// Delay from an event's time (at MinIO) to the commit of its row.
+    pub event_delay: Histogram,
 }
 
 impl Metrics {
@@ -111,6 +119,24 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "objmeta_consumer_lag",
+                    "Messages not yet committed, per assigned partition (librdkafka statistics)",
+                ),
+                &["partition"],
+            )?,
+            last_event_timestamp: Gauge::new(
+                "objmeta_last_event_timestamp_seconds",
+                "Event time of the newest event written, Unix seconds",
+            )?,
+            event_delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "objmeta_event_delay_seconds",
+                    "Delay from an event's time at MinIO to the commit of its row",
+                )
+                .buckets(exponential_buckets(0.005, 2.0, 18)?),
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -140,6 +166,9 @@ impl Metrics {
             Box::new(self.assigned_partitions.clone()),
             Box::new(self.paused.clone()),
             Box::new(self.committed_offset.clone()),
+            Box::new(self.consumer_lag.clone()),
+            Box::new(self.last_event_timestamp.clone()),
+            Box::new(self.event_delay.clone()),
         ];
         for collector in collectors {
             self.registry.register(collector)?;
@@ -177,12 +206,12 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         metrics
             .events
-            .with_label_values(&["created", "batched"])
+            .with_label_values(&["created", "written"])
             .inc_by(3);
         metrics.flush_seconds.observe(0.01);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
-            text.contains(r#"objmeta_events_consumed_total{family="created",outcome="batched"} 3"#)
+            text.contains(r#"objmeta_events_consumed_total{family="created",outcome="written"} 3"#)
         );
         assert!(text.contains("objmeta_flush_duration_seconds_bucket"));
         assert!(text.contains("objmeta_build_info{version="));

@@ -10,7 +10,7 @@
 //! Offsets of a batch are committed only after its transaction commits,
 //! and only for partitions this member still owns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,7 @@ pub struct Settings {
 /// The result of one spawned batch write.
 struct Written {
     commit_offsets: Vec<(i32, i64)>,
+    families: HashMap<EventFamily, u64>,
     result: Result<WriteReport, SinkError>,
 }
 
@@ -129,17 +130,29 @@ impl Pipeline {
                     self.pause(&partitions, true);
                 }
             }
-            RebalanceEvent::Revoked(partitions) | RebalanceEvent::Lost(partitions) => {
+            RebalanceEvent::Lost(partitions) => {
+                tracing::warn!(
+                    ?partitions,
+                    "partitions lost; dropping their unwritten work"
+                );
+                self.health.set_in_group(false);
+                self.forget_partitions(&partitions);
+            }
+            RebalanceEvent::Revoked(partitions) => {
                 tracing::info!(
                     ?partitions,
                     "partitions revoked; dropping their unwritten work"
                 );
-                for partition in &partitions {
-                    self.assigned.remove(partition);
-                }
-                self.batch.drop_partitions(&partitions);
+                self.forget_partitions(&partitions);
             }
         }
+    }
+
+    fn forget_partitions(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.assigned.remove(partition);
+        }
+        self.batch.drop_partitions(partitions);
     }
 
     fn on_consumed(&mut self, consumed: Result<(Origin, Contribution), KafkaError>) {
@@ -175,7 +188,7 @@ impl Pipeline {
             Ok(report) => report,
             Err(e) => return Err(Error::Database(e)),
         };
-        self.record_report(&report);
+        self.record_report(&report, &written.families);
         while let Ok(event) = self.rebalances.try_recv() {
             self.on_rebalance(event);
         }
@@ -194,7 +207,13 @@ impl Pipeline {
         Ok(())
     }
 
-    fn record_report(&self, report: &WriteReport) {
+    fn record_report(&self, report: &WriteReport, families: &HashMap<EventFamily, u64>) {
+        for (family, count) in families {
+            self.metrics
+                .events
+                .with_label_values(&[family.label(), "written"])
+                .inc_by(*count);
+        }
         let rows = &self.metrics.rows;
         rows.with_label_values(&["upserted"])
             .inc_by(report.upserted);
@@ -313,6 +332,7 @@ async fn join(task: &mut JoinHandle<Written>) -> Written {
         // rather than unwinding the loop (nothing was committed for it).
         Err(e) => Written {
             commit_offsets: Vec::new(),
+            families: HashMap::new(),
             result: Err(SinkError::Pool {
                 context: "batch writer task",
                 message: e.to_string(),
@@ -387,6 +407,7 @@ async fn write_with_retry(
         match sink.write(&batch).await {
             Ok(report) => {
                 health.set_database_ready(true);
+                record_delays(&batch, &metrics);
                 break Ok(report);
             }
             Err(e) => {
@@ -409,6 +430,25 @@ async fn write_with_retry(
         .observe(started.elapsed().as_secs_f64());
     Written {
         commit_offsets: batch.commit_offsets,
+        families: batch.families,
         result,
+    }
+}
+
+/// Observes, for every written change, the delay from its event time to
+/// now (just after the commit), and advances the freshness gauge.
+fn record_delays(batch: &WriteBatch, metrics: &Metrics) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut newest = None;
+    for change in &batch.changes {
+        let delay = (now - change.event_time).as_seconds_f64().max(0.0);
+        metrics.event_delay.observe(delay);
+        newest = newest.max(Some(change.event_time));
+    }
+    if let Some(newest) = newest {
+        let seconds = newest.unix_timestamp_nanos() as f64 / 1e9;
+        if seconds > metrics.last_event_timestamp.get() {
+            metrics.last_event_timestamp.set(seconds);
+        }
     }
 }

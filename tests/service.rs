@@ -79,7 +79,7 @@ async fn endpoints_report_health_readiness_and_metrics() {
     let (status, body) = http_get(service.http_port, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     for expected in [
-        r#"objmeta_events_consumed_total{family="created",outcome="batched"} 1"#,
+        r#"objmeta_events_consumed_total{family="created",outcome="written"} 1"#,
         r#"objmeta_rows_written_total{result="upserted"} 1"#,
         r#"objmeta_dead_letters_total{reason="invalid_json"} 1"#,
         "objmeta_batch_rows_count",

@@ -176,7 +176,9 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    /// Short fixed reason code for a metrics label; wrappers report their cause's code.
+    /// Short fixed reason code for a metrics label; wrappers report their cause's code. One of
+    /// `empty`, `invalid_json`, `not_minio_event`, `no_records`, `bad_field`, `missing_field`,
+    /// `bad_key`, `bad_sequencer`, `bad_event_time`, `nul_character`, `bad_metadata`.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Empty => "empty",
@@ -563,7 +565,12 @@ pub struct Object<'a> {
     /// Go omits a zero size, so `Some(0)` is not written either.
     #[serde(default, skip_serializing_if = "size_is_omitted")]
     pub size: Option<i64>,
-    #[serde(rename = "eTag", borrow, default, skip_serializing_if = "str::is_empty")]
+    #[serde(
+        rename = "eTag",
+        borrow,
+        default,
+        skip_serializing_if = "str::is_empty"
+    )]
     pub e_tag: Cow<'a, str>,
     #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
     pub content_type: Cow<'a, str>,

@@ -145,7 +145,8 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ProduceSummary> {
     let mut workload = match args.scenario {
         Some(Scenario::Guide) => Workload::guide(),
         None => Workload::new(&spec),
-    };
+    }
+    .with_wall_clock();
     let total = workload.len_hint();
     let base = base_config(&args.brokers, &args.kafka_property)?;
     ensure_topic(&base, &args.topic, args.partitions).await?;
@@ -446,6 +447,7 @@ pub struct ProducedMessage {
 
 /// Deterministic workload, shared with tests to build an oracle: the same spec and seed give
 /// the same messages (the clock is fixed, the PRNG is our own so no crate upgrade changes it).
+/// `run` publishes this workload with wall-clock times (`Workload::with_wall_clock`).
 ///
 /// Objects `0..objects` are first put in order; after that each event picks a random object
 /// and is a Copy (new metadata), a Delete or a Put by the spec's percentages, except that an
@@ -487,6 +489,27 @@ impl Workload {
             plan: Plan::Fixed(guide_plan().into_iter()),
             failure: None,
         }
+    }
+
+    /// Takes event times and sequencers from the system clock instead of the fixed one, as a
+    /// live MinIO would (so lag and freshness metrics mean something, and a rerun is newer).
+    /// Objects, operations and metadata stay those of the deterministic workload.
+    pub fn with_wall_clock(mut self) -> Self {
+        match &mut self.plan {
+            Plan::Generated(generator) => {
+                generator.wall_clock = true;
+                generator.clock_ns = 0;
+            }
+            Plan::Fixed(events) => {
+                let events = events.as_mut_slice();
+                let last = events.last().map_or(0, |event| event.time_ns);
+                let shift = wall_clock_ns().saturating_sub(last);
+                for event in events {
+                    event.time_ns = event.time_ns.saturating_add(shift);
+                }
+            }
+        }
+        self
     }
 
     /// The error that ended the iteration early, if any.
@@ -578,6 +601,7 @@ struct Generator {
     rng: SplitMix64,
     next: u64,
     clock_ns: i64,
+    wall_clock: bool,
     objects: Vec<Slot>,
 }
 
@@ -588,6 +612,7 @@ impl Generator {
             rng: SplitMix64(spec.seed),
             next: 0,
             clock_ns: START_NS,
+            wall_clock: false,
             objects: Vec::with_capacity(usize::try_from(capacity).unwrap_or(0)),
             spec,
         }
@@ -606,9 +631,12 @@ impl Generator {
             self.rng.below(self.spec.objects)
         };
         let op = self.choose_op(object)?;
-        self.clock_ns = self
-            .clock_ns
-            .saturating_add(1_000_000 + self.rng.below(1_000_000) as i64);
+        // Drawn in both modes, so that the wall clock does not change the random sequence.
+        let step = 1_000_000 + self.rng.below(1_000_000) as i64;
+        self.clock_ns = match self.wall_clock {
+            true => wall_clock_ns().max(self.clock_ns.saturating_add(1)),
+            false => self.clock_ns.saturating_add(step),
+        };
         let slot = self.apply(object, op)?;
         Some(self.plan(event, object, op, slot))
     }
@@ -840,6 +868,10 @@ fn event_time(unix_ns: i64) -> Result<String, ProduceError> {
     ))
 }
 
+fn wall_clock_ns() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
 /// A stable 64-hex-digit node identity, as MinIO puts in `x-amz-id-2`.
 fn node_id(node: u64) -> String {
     let mut rng = SplitMix64(0x6d69_6e69_6f00 + node);
@@ -868,7 +900,7 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{self, Action, Change};
+    use crate::event::{self, Action, Change, ObjectId};
     use serde_json::Value;
     use std::collections::{HashMap, HashSet};
 
@@ -1081,6 +1113,39 @@ mod tests {
     }
 
     #[test]
+    fn wall_clock_changes_only_times() {
+        let before = wall_clock_ns();
+        let fixed: Vec<_> = workload(&spec(2_000, 100)).map(|m| parse_one(&m)).collect();
+        let live: Vec<_> = Workload::new(&spec(2_000, 100))
+            .with_wall_clock()
+            .map(|m| parse_one(&m))
+            .collect();
+        let after = wall_clock_ns();
+        let mut last: HashMap<ObjectId, i64> = HashMap::new();
+        for (fixed, live) in fixed.iter().zip(&live) {
+            assert_eq!(
+                (&fixed.object, &fixed.event_name),
+                (&live.object, &live.event_name)
+            );
+            if let Action::Upsert(_) = fixed.action {
+                assert_eq!(user_metadata(fixed, "id"), user_metadata(live, "id"));
+            }
+            assert!((before..=after).contains(&live.sequencer));
+            if let Some(previous) = last.insert(live.object.clone(), live.sequencer) {
+                assert!(live.sequencer > previous);
+            }
+        }
+        assert_eq!(fixed.len(), live.len());
+        let guide: Vec<_> = Workload::guide()
+            .with_wall_clock()
+            .map(|m| parse_one(&m))
+            .collect();
+        assert!(guide[1].sequencer > guide[0].sequencer);
+        assert!(guide[1].sequencer <= wall_clock_ns());
+        assert_eq!(user_metadata(&guide[1], "id"), "1844");
+    }
+
+    #[test]
     fn degenerate_specs() {
         assert_eq!(workload(&spec(10, 0)).count(), 0);
         let one_bucket = WorkloadSpec {
@@ -1233,24 +1298,42 @@ mod tests {
         consumer.subscribe(&[&topic]).unwrap();
         let expected: Vec<ProducedMessage> = workload(&args.workload_spec()).collect();
         let mut seen = Vec::new();
+        let mut newest: HashMap<String, i64> = HashMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while seen.len() < expected.len() && std::time::Instant::now() < deadline {
             if let Some(message) = consumer.poll(Duration::from_millis(200)) {
                 let message = message.unwrap();
                 let key = message.key().unwrap().to_vec();
                 assert_eq!(message.partition(), sarama_partition(&key, 4));
-                let payload = message.payload().unwrap().to_vec();
-                seen.push(ProducedMessage {
+                let message = ProducedMessage {
                     key: String::from_utf8(key).unwrap(),
-                    payload,
-                });
+                    payload: message.payload().unwrap().to_vec(),
+                };
+                // One partition per object keeps its events in order.
+                let sequencer = parse_one(&message).sequencer;
+                if let Some(previous) = newest.insert(message.key.clone(), sequencer) {
+                    assert!(sequencer > previous, "{}", message.key);
+                }
+                seen.push(message);
             }
         }
-        let sorted = |mut v: Vec<ProducedMessage>| {
-            v.sort_by(|a, b| (&a.key, &a.payload).cmp(&(&b.key, &b.payload)));
-            v
+        // Run used the wall clock: compare everything but times and sequencers.
+        let summary = |messages: Vec<ProducedMessage>| {
+            let mut rows: Vec<(String, String, Option<String>)> = messages
+                .iter()
+                .map(|m| {
+                    let change = parse_one(m);
+                    let id = match &change.action {
+                        Action::Upsert(_) => Some(user_metadata(&change, "id").to_string()),
+                        Action::Remove { .. } => None,
+                    };
+                    (m.key.clone(), change.event_name, id)
+                })
+                .collect();
+            rows.sort();
+            rows
         };
-        assert_eq!(sorted(seen), sorted(expected));
+        assert_eq!(summary(seen), summary(expected));
         // A second run leaves the existing topic alone and publishes again.
         let rerun = ProduceArgs {
             scenario: Some(Scenario::Guide),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
+use crate::produce::ProduceArgs;
 
 /// Keeps a PostgreSQL table of every MinIO object's current metadata, fed by
 /// MinIO bucket notifications on Kafka.
@@ -32,6 +33,8 @@ pub enum Command {
     Run(Box<RunConfig>),
     /// Apply the SQL migrations and exit.
     Migrate(DatabaseConfig),
+    /// Publish MinIO-format events to a topic (demo, tests, benchmarks).
+    Produce(Box<ProduceArgs>),
 }
 
 /// Everything `objmeta run` needs.
@@ -119,7 +122,8 @@ impl RunConfig {
     }
 }
 
-fn parse_property(raw: &str) -> Result<(String, String), String> {
+/// Parses one `key=value` librdkafka property (shared with `objmeta produce`).
+pub(crate) fn parse_property(raw: &str) -> Result<(String, String), String> {
     let (key, value) = raw
         .split_once('=')
         .ok_or_else(|| format!("expected key=value, got {raw:?}"))?;

@@ -17,9 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -28,8 +26,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
-/// The consumer type used throughout objmeta.
-pub type KafkaConsumer = StreamConsumer<Context>;
+/// The consumer type used throughout objmeta: polled by the poller thread,
+/// paused and resumed by the pipeline, committed by the committer thread
+/// (librdkafka's handle is thread-safe).
+pub type KafkaConsumer = BaseConsumer<Context>;
 
 /// A change of this member's assignment, delivered to the pipeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,8 +41,8 @@ pub enum RebalanceEvent {
     Lost(Vec<i32>),
 }
 
-/// Callbacks librdkafka runs from inside the consumer's poll, that is from
-/// inside the pipeline's `recv()`: they never run concurrently with it.
+/// Callbacks librdkafka runs from inside the consumer's poll, on the poller
+/// thread: a rebalance event is sent before any message polled after it.
 pub struct Context {
     topic: String,
     metrics: Metrics,

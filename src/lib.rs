@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
+pub mod poller;
 pub mod produce;
 pub mod retry;
 pub mod sink;

@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             .await
             .map(|applied| tracing::info!(applied, "migrations done"))
             .map_err(anyhow::Error::from),
+        Command::Produce(args) => objmeta::produce::run(*args).await.map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

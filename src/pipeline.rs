@@ -16,18 +16,18 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Contribution, DeadLetter, Origin, WriteBatch};
+use crate::batch::{Batch, Contribution, Origin, WriteBatch};
 use crate::error::{Disposition, Error, SinkError};
-use crate::event::{self, EventFamily};
+use crate::event::EventFamily;
 use crate::http::Health;
 use crate::kafka::{self, Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
+use crate::poller::{Polled, Poller};
 use crate::retry::Backoff;
 use crate::sink::{Sink, WriteReport};
 
@@ -51,6 +51,8 @@ struct Written {
 
 pub struct Pipeline {
     consumer: Arc<KafkaConsumer>,
+    poller: Poller,
+    messages: Receiver<Polled>,
     committer: Committer,
     rebalances: UnboundedReceiver<RebalanceEvent>,
     sink: Sink,
@@ -74,10 +76,14 @@ impl Pipeline {
         health: Arc<Health>,
         settings: Settings,
     ) -> Result<Self, Error> {
-        let committer = Committer::spawn(consumer.clone())
-            .map_err(|e| Error::Config(format!("starting the committer thread: {e}")))?;
+        let thread_error = |e: std::io::Error| Error::Config(format!("starting a thread: {e}"));
+        let committer = Committer::spawn(consumer.clone()).map_err(thread_error)?;
+        let (poller, messages) =
+            Poller::spawn(consumer.clone(), metrics.clone()).map_err(thread_error)?;
         Ok(Pipeline {
             consumer,
+            poller,
+            messages,
             committer,
             rebalances,
             sink,
@@ -97,14 +103,16 @@ impl Pipeline {
         self.health.progressed();
         let idle_tick = self.settings.batch_max_age.max(Duration::from_millis(100));
         loop {
-            let consumer = self.consumer.clone();
             let flush_at = self.flush_deadline(idle_tick);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.rebalances.recv() => self.on_rebalance(event),
                 written = wait_for(&mut self.in_flight) => self.on_written(written)?,
-                consumed = receive(&consumer, &self.metrics) => self.on_consumed(consumed),
+                polled = self.messages.recv() => match polled {
+                    Some(polled) => self.on_consumed(polled),
+                    None => return Err(Error::Config("the kafka poller thread stopped".into())),
+                },
                 _ = sleep_until(flush_at.into()) => self.on_tick(),
             }
             self.flush_if_due();
@@ -156,7 +164,8 @@ impl Pipeline {
     }
 
     fn on_consumed(&mut self, consumed: Result<(Origin, Contribution), KafkaError>) {
-        // Rebalance callbacks ran inside `recv`: apply them before the message.
+        // A rebalance callback sends its event before the poller sends any
+        // later message: apply it first.
         while let Ok(event) = self.rebalances.try_recv() {
             self.on_rebalance(event);
         }
@@ -252,6 +261,11 @@ impl Pipeline {
 
     fn start_write(&mut self) {
         let batch = self.batch.take();
+        tracing::debug!(
+            rows = batch.changes.len(),
+            messages = batch.messages,
+            "writing batch"
+        );
         self.metrics
             .batch_rows
             .observe((batch.changes.len() + batch.dead_letters.len()) as f64);
@@ -290,8 +304,24 @@ impl Pipeline {
         if let Err(e) = self.committer.finish(&self.consumer) {
             tracing::warn!(error = %e, "final offset commit failed; a restart re-reads the last batch");
         }
-        self.consumer.unsubscribe();
         self.health.set_in_group(false);
+        // Closing the consumer runs librdkafka's last callbacks and leaves
+        // the group: blocking work, kept off the async workers.
+        let Pipeline {
+            consumer,
+            poller,
+            messages,
+            ..
+        } = self;
+        drop(messages);
+        let closed = tokio::task::spawn_blocking(move || {
+            poller.stop();
+            consumer.unsubscribe();
+            drop(consumer);
+        });
+        if let Err(e) = closed.await {
+            tracing::warn!(error = %e, "closing the kafka consumer");
+        }
         tracing::info!("shut down cleanly");
         Ok(())
     }
@@ -339,56 +369,6 @@ async fn join(task: &mut JoinHandle<Written>) -> Written {
                 disposition: Disposition::Fatal,
             }),
         },
-    }
-}
-
-/// Receives one message and turns it into a batch contribution, counting
-/// the records by family and outcome.
-async fn receive(
-    consumer: &KafkaConsumer,
-    metrics: &Metrics,
-) -> Result<(Origin, Contribution), KafkaError> {
-    let message = consumer.recv().await?;
-    Ok(contribution(&message, metrics))
-}
-
-fn contribution(message: &BorrowedMessage<'_>, metrics: &Metrics) -> (Origin, Contribution) {
-    let origin = Origin {
-        partition: message.partition(),
-        offset: message.offset(),
-    };
-    match event::parse(message.payload()) {
-        Ok(parsed) => {
-            for change in &parsed.changes {
-                let family = EventFamily::of(&change.event_name);
-                metrics
-                    .events
-                    .with_label_values(&[family.label(), "batched"])
-                    .inc();
-            }
-            for family in &parsed.skipped {
-                metrics
-                    .events
-                    .with_label_values(&[family.label(), "skipped"])
-                    .inc();
-            }
-            (origin, Contribution::Changes(parsed.changes))
-        }
-        Err(e) => {
-            metrics
-                .events
-                .with_label_values(&["unknown", "dead_lettered"])
-                .inc();
-            metrics.dead_letters.with_label_values(&[e.label()]).inc();
-            tracing::warn!(partition = origin.partition, offset = origin.offset, error = %e, "dead-lettering message");
-            let dead_letter = DeadLetter {
-                origin,
-                message_key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                reason: e.to_string(),
-            };
-            (origin, Contribution::DeadLetter(dead_letter))
-        }
     }
 }
 

@@ -253,7 +253,8 @@ async fn poison_messages_are_dead_lettered_and_neighbours_written() {
     service.stop().await.unwrap();
 
     let db = bed.db().await;
-    let dead: Vec<(i64, Vec<u8>, Option<Vec<u8>>, String)> = db
+    type DeadRow = (i64, Vec<u8>, Option<Vec<u8>>, String);
+    let dead: Vec<DeadRow> = db
         .query(
             r#"SELECT "offset", message_key, payload, reason FROM dead_letters ORDER BY "offset""#,
             &[],

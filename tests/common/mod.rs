@@ -74,6 +74,17 @@ pub fn services() -> &'static Services {
     })
 }
 
+/// With `TEST_LOG` set (e.g. `TEST_LOG=objmeta=debug`), in-process objmeta
+/// logs to the test output.
+fn init_logging() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -118,6 +129,7 @@ pub struct TestBed {
 
 impl TestBed {
     pub async fn new(name: &str, partitions: i32) -> TestBed {
+        init_logging();
         let services = services().clone();
         let unique = format!("{name}_{}_{}", std::process::id(), rand::random::<u32>());
         let bed = TestBed {
@@ -227,6 +239,8 @@ impl TestBed {
         messages: &[(String, Vec<u8>)],
         partition_of: impl Fn(usize) -> Option<i32>,
     ) {
+        // `send_result` enqueues at once; awaiting `send` one by one would
+        // wait out the linger time for every message.
         let mut pending = Vec::with_capacity(messages.len());
         for (index, (key, payload)) in messages.iter().enumerate() {
             let mut record = FutureRecord::to(&self.topic)
@@ -235,15 +249,21 @@ impl TestBed {
             if let Some(partition) = partition_of(index) {
                 record = record.partition(partition);
             }
-            pending.push(self.producer.send(record, Duration::from_secs(30)));
-            if pending.len() >= 1000 {
-                for delivery in pending.drain(..) {
-                    delivery.await.expect("delivered");
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break pending.push(delivery),
+                    Err((_queue_full, returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
             }
         }
         for delivery in pending {
-            delivery.await.expect("delivered");
+            delivery
+                .await
+                .expect("delivery reported")
+                .expect("delivered");
         }
     }
 

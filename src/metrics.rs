@@ -9,6 +9,33 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// `result` values of `objmeta_rows_written_total`.
+pub const ROW_RESULTS: [&str; 4] = ["upserted", "tombstoned", "stale", "rejected"];
+/// `reason` codes of `objmeta_dead_letters_total`: `event::ParseError::label`
+/// values plus `database_rejected`. A code missing here still works; its
+/// series just starts at its first dead letter.
+pub const DEAD_LETTER_REASONS: [&str; 12] = [
+    "empty",
+    "invalid_json",
+    "not_minio_event",
+    "no_records",
+    "bad_field",
+    "missing_field",
+    "bad_key",
+    "bad_sequencer",
+    "bad_event_time",
+    "nul_character",
+    "bad_metadata",
+    "database_rejected",
+];
+/// `result` values of `objmeta_offset_commits_total`.
+pub const COMMIT_RESULTS: [&str; 2] = ["ok", "error"];
+/// `kind` values of `objmeta_database_errors_total` (`SinkError::kind_label`).
+pub const DATABASE_ERROR_KINDS: [&str; 5] =
+    ["connection", "pool", "transient", "rejected", "fatal"];
+/// `kind` values of `objmeta_rebalances_total`.
+pub const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "lost"];
+
 /// Handles to all metrics; cheap to clone (each handle is an `Arc`).
 #[derive(Clone)]
 pub struct Metrics {
@@ -140,7 +167,31 @@ impl Metrics {
             registry,
         };
         metrics.register_all()?;
+        metrics.initialise_known_labels();
         Ok(metrics)
+    }
+
+    /// Creates every series whose label values are known in advance, at 0.
+    /// A series that appears only with its first increment hides that
+    /// increment from `rate()`/`increase()` (there is no earlier sample), so
+    /// the first dead letter or database error would never fire an alert,
+    /// and dashboards would show "no data" instead of a flat zero.
+    fn initialise_known_labels(&self) {
+        for result in ROW_RESULTS {
+            self.rows.with_label_values(&[result]);
+        }
+        for reason in DEAD_LETTER_REASONS {
+            self.dead_letters.with_label_values(&[reason]);
+        }
+        for result in COMMIT_RESULTS {
+            self.commits.with_label_values(&[result]);
+        }
+        for kind in DATABASE_ERROR_KINDS {
+            self.db_errors.with_label_values(&[kind]);
+        }
+        for kind in REBALANCE_KINDS {
+            self.rebalances.with_label_values(&[kind]);
+        }
     }
 
     fn register_all(&self) -> Result<(), prometheus::Error> {
@@ -215,5 +266,20 @@ mod tests {
         );
         assert!(text.contains("objmeta_flush_duration_seconds_bucket"));
         assert!(text.contains("objmeta_build_info{version="));
+    }
+
+    #[test]
+    fn known_label_values_start_at_zero() {
+        let text = String::from_utf8(Metrics::new().unwrap().render()).unwrap();
+        for series in [
+            r#"objmeta_rows_written_total{result="stale"} 0"#,
+            r#"objmeta_dead_letters_total{reason="invalid_json"} 0"#,
+            r#"objmeta_dead_letters_total{reason="database_rejected"} 0"#,
+            r#"objmeta_offset_commits_total{result="error"} 0"#,
+            r#"objmeta_database_errors_total{kind="connection"} 0"#,
+            r#"objmeta_rebalances_total{kind="lost"} 0"#,
+        ] {
+            assert!(text.contains(series), "missing {series}");
+        }
     }
 }

@@ -1,0 +1,310 @@
+//! The database's ceiling: the workload's rows upserted straight into objmeta's table (created
+//! by objmeta's migrations, indexes included) from one connection, one transaction per batch,
+//! in several statement shapes. Rows are generated and parsed outside the timed sections; the
+//! timed part is building the parameters, the statement(s) and the commit.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Map, Value};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use objmeta::event::Change;
+use objmeta::produce::{workload, Workload, WorkloadSpec};
+
+use crate::common::{self, Columns, OBJMETA_UPSERT_SQL};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Prefix of the schemas this creates (each shape gets a fresh one, dropped afterwards).
+    #[arg(long)]
+    schema_prefix: String,
+    /// Rows per shape while comparing shapes.
+    #[arg(long, default_value_t = 200_000)]
+    explore_rows: u64,
+    /// Rows for the best shape's final measurement (use the catch-up size); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    full_rows: u64,
+    #[arg(long, default_value_t = 2)]
+    buckets: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Compare only these shapes (names as printed), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Statement {
+    /// objmeta's statement: unnest arrays, version guard, RETURNING counted in a CTE.
+    Objmeta,
+    /// The same upsert without the guard subquery and without RETURNING.
+    Plain,
+    /// Binary COPY into a temporary table, then objmeta's INSERT … SELECT … ON CONFLICT.
+    CopyTemp,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    statement: Statement,
+    batch: usize,
+}
+
+impl Shape {
+    fn name(&self) -> String {
+        let statement = match self.statement {
+            Statement::Objmeta => "objmeta-unnest",
+            Statement::Plain => "plain-unnest",
+            Statement::CopyTemp => "copy-temp",
+        };
+        format!("{statement}-{}", self.batch)
+    }
+}
+
+const SHAPES: [Shape; 7] = [
+    Shape {
+        statement: Statement::Objmeta,
+        batch: 5000,
+    },
+    Shape {
+        statement: Statement::Objmeta,
+        batch: 1000,
+    },
+    Shape {
+        statement: Statement::Objmeta,
+        batch: 20000,
+    },
+    Shape {
+        statement: Statement::Plain,
+        batch: 5000,
+    },
+    Shape {
+        statement: Statement::Plain,
+        batch: 20000,
+    },
+    Shape {
+        statement: Statement::CopyTemp,
+        batch: 5000,
+    },
+    Shape {
+        statement: Statement::CopyTemp,
+        batch: 20000,
+    },
+];
+
+const PLAIN_UPSERT_SQL: &str = r#"
+INSERT INTO object_metadata AS t (
+    bucket, key, version_id, size, etag, content_type, user_metadata,
+    system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
+SELECT u.*, now() FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+    $7::jsonb[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::int8[],
+    $12::timestamptz[]) AS u
+ON CONFLICT (bucket, key) DO UPDATE SET
+    version_id = excluded.version_id, size = excluded.size, etag = excluded.etag,
+    content_type = excluded.content_type, user_metadata = excluded.user_metadata,
+    system_metadata = excluded.system_metadata, event_name = excluded.event_name,
+    event_time = excluded.event_time, sequencer = excluded.sequencer,
+    deleted_at = excluded.deleted_at, updated_at = excluded.updated_at
+WHERE excluded.sequencer > t.sequencer
+   OR (excluded.sequencer = t.sequencer
+       AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
+"#;
+
+const TEMP_TABLE_SQL: &str = r#"
+CREATE TEMP TABLE IF NOT EXISTS bench_incoming (
+    bucket text, key text, version_id text, size int8, etag text, content_type text,
+    user_metadata jsonb, system_metadata jsonb, event_name text, event_time timestamptz,
+    sequencer int8, deleted_at timestamptz, version_guard bool
+) ON COMMIT DELETE ROWS
+"#;
+
+const COPY_SQL: &str = "COPY bench_incoming FROM STDIN (FORMAT binary)";
+
+/// objmeta's upsert reading from the temporary table instead of unnest.
+const COPY_UPSERT_SQL: &str = r#"
+WITH written AS (
+    INSERT INTO object_metadata AS t (
+        bucket, key, version_id, size, etag, content_type, user_metadata,
+        system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
+    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata,
+           i.system_metadata, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
+    FROM bench_incoming i
+    WHERE NOT i.version_guard OR NOT EXISTS (
+        SELECT 1 FROM object_metadata o
+        WHERE o.bucket = i.bucket AND o.key = i.key
+          AND o.version_id IS DISTINCT FROM i.version_id)
+    ON CONFLICT (bucket, key) DO UPDATE SET
+        version_id = excluded.version_id, size = excluded.size, etag = excluded.etag,
+        content_type = excluded.content_type, user_metadata = excluded.user_metadata,
+        system_metadata = excluded.system_metadata, event_name = excluded.event_name,
+        event_time = excluded.event_time, sequencer = excluded.sequencer,
+        deleted_at = excluded.deleted_at, updated_at = excluded.updated_at
+    WHERE excluded.sequencer > t.sequencer
+       OR (excluded.sequencer = t.sequencer
+           AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
+    RETURNING deleted_at IS NULL AS live
+)
+SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
+"#;
+
+const COPY_TYPES: [Type; 13] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::JSONB,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::BOOL,
+];
+
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    let shapes: Vec<Shape> = SHAPES
+        .into_iter()
+        .filter(|s| args.shapes.is_empty() || args.shapes.contains(&s.name()))
+        .collect();
+    let mut results = Vec::new();
+    for shape in &shapes {
+        let result = measure(&args, *shape, args.explore_rows).await?;
+        eprintln!("bench: ceiling {result}");
+        results.push(result);
+    }
+    let rate = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let best = results
+        .iter()
+        .zip(&shapes)
+        .max_by(|a, b| rate(a.0, "insert_rows_per_s").total_cmp(&rate(b.0, "insert_rows_per_s")))
+        .map(|(_, shape)| *shape)
+        .context("no statement shape selected")?;
+    let full = match args.full_rows {
+        0 => Value::Null,
+        rows => {
+            let result = measure(&args, best, rows).await?;
+            eprintln!("bench: ceiling (full size) {result}");
+            result
+        }
+    };
+    Ok(json!({"phase": "ceiling", "shapes": results, "best": best.name(), "full": full}))
+}
+
+/// Fresh inserts of `rows` distinct objects, then the same objects updated (newer sequencer).
+async fn measure(args: &Args, shape: Shape, rows: u64) -> anyhow::Result<Value> {
+    let schema = format!("{}_{}", args.schema_prefix, shape.name().replace('-', "_"));
+    common::migrate(&args.database_url, &schema).await?;
+    let mut client = common::connect(&args.database_url, &schema).await?;
+    if shape.statement == Statement::CopyTemp {
+        client.batch_execute(TEMP_TABLE_SQL).await?;
+    }
+    let spec = WorkloadSpec {
+        count: rows,
+        buckets: args.buckets,
+        objects: rows,
+        copy_percent: 0,
+        delete_percent: 0,
+        seed: args.seed,
+    };
+    client.batch_execute("CHECKPOINT").await?;
+    let insert = pass(&mut client, shape, workload(&spec), 0).await?;
+    client.batch_execute("CHECKPOINT").await?;
+    let update = pass(&mut client, shape, workload(&spec), 1).await?;
+    common::drop_schema(&client, &schema).await?;
+    let per_s = |d: Duration| rows as f64 / d.as_secs_f64();
+    Ok(json!({
+        "shape": shape.name(),
+        "rows": rows,
+        "insert_seconds": insert.as_secs_f64(),
+        "update_seconds": update.as_secs_f64(),
+        "insert_rows_per_s": per_s(insert),
+        "update_rows_per_s": per_s(update),
+    }))
+}
+
+/// Writes the whole workload in batches; returns the time spent writing (not generating).
+async fn pass(
+    client: &mut Client,
+    shape: Shape,
+    mut messages: Workload,
+    sequencer_bump: i64,
+) -> anyhow::Result<Duration> {
+    let sql = match shape.statement {
+        Statement::Objmeta => OBJMETA_UPSERT_SQL,
+        Statement::Plain => PLAIN_UPSERT_SQL,
+        Statement::CopyTemp => COPY_UPSERT_SQL,
+    };
+    let prepared = client.prepare(sql).await?;
+    let mut spent = Duration::ZERO;
+    let mut batch: Vec<Change> = Vec::with_capacity(shape.batch);
+    loop {
+        batch.clear();
+        for message in messages.by_ref().take(shape.batch) {
+            let parsed = objmeta::event::parse(Some(&message.payload))
+                .map_err(|e| anyhow::anyhow!("generated message does not parse: {e}"))?;
+            batch.extend(parsed.changes.into_iter().map(|mut change| {
+                change.sequencer += sequencer_bump;
+                change
+            }));
+        }
+        if batch.is_empty() {
+            return Ok(spent);
+        }
+        let started = Instant::now();
+        write(client, shape.statement, &prepared, &batch).await?;
+        spent += started.elapsed();
+    }
+}
+
+async fn write(
+    client: &mut Client,
+    statement: Statement,
+    prepared: &tokio_postgres::Statement,
+    changes: &[Change],
+) -> anyhow::Result<()> {
+    let empty = Map::new();
+    let columns = Columns::new(changes, &empty);
+    let tx = client.transaction().await?;
+    match statement {
+        Statement::Objmeta => {
+            tx.query_one(prepared, &columns.params()).await?;
+        }
+        Statement::Plain => {
+            tx.execute(prepared, &columns.params()[..12]).await?;
+        }
+        Statement::CopyTemp => {
+            let sink = tx.copy_in(COPY_SQL).await?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            futures::pin_mut!(writer);
+            for i in 0..changes.len() {
+                let row: [&(dyn ToSql + Sync); 13] = [
+                    &columns.bucket[i],
+                    &columns.key[i],
+                    &columns.version_id[i],
+                    &columns.size[i],
+                    &columns.etag[i],
+                    &columns.content_type[i],
+                    &columns.user_metadata[i],
+                    &columns.system_metadata[i],
+                    &columns.event_name[i],
+                    &columns.event_time[i],
+                    &columns.sequencer[i],
+                    &columns.deleted_at[i],
+                    &columns.version_guard[i],
+                ];
+                writer.as_mut().write(&row).await?;
+            }
+            writer.finish().await?;
+            tx.query_one(prepared, &[]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! Shared by the subcommands: database connections and schemas, objmeta's upsert statement
+//! and its column arrays, /proc readings.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use serde_json::{Map, Value};
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, NoTls};
+
+use objmeta::config::DatabaseConfig;
+use objmeta::event::{Action, Change};
+
+/// objmeta's own statement (src/sink.rs `UPSERT_SQL`, which is private), kept word for word so
+/// that the ceiling's baseline shape is the one objmeta sends. Re-copy it when sink.rs changes.
+pub const OBJMETA_UPSERT_SQL: &str = r#"
+WITH incoming AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+        $7::jsonb[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::int8[],
+        $12::timestamptz[], $13::bool[]
+    ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
+           system_metadata, event_name, event_time, sequencer, deleted_at, version_guard)
+), written AS (
+    INSERT INTO object_metadata AS t (
+        bucket, key, version_id, size, etag, content_type, user_metadata,
+        system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
+    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata,
+           i.system_metadata, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
+    FROM incoming i
+    WHERE NOT i.version_guard OR NOT EXISTS (
+        SELECT 1 FROM object_metadata o
+        WHERE o.bucket = i.bucket AND o.key = i.key
+          AND o.version_id IS DISTINCT FROM i.version_id)
+    ON CONFLICT (bucket, key) DO UPDATE SET
+        version_id = excluded.version_id,
+        size = excluded.size,
+        etag = excluded.etag,
+        content_type = excluded.content_type,
+        user_metadata = excluded.user_metadata,
+        system_metadata = excluded.system_metadata,
+        event_name = excluded.event_name,
+        event_time = excluded.event_time,
+        sequencer = excluded.sequencer,
+        deleted_at = excluded.deleted_at,
+        updated_at = excluded.updated_at
+    WHERE excluded.sequencer > t.sequencer
+       OR (excluded.sequencer = t.sequencer
+           AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
+    RETURNING deleted_at IS NULL AS live
+)
+SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
+"#;
+
+/// Schema names are built by scripts/bench; anything else is refused before it reaches SQL
+/// (identifiers cannot be bound parameters).
+pub fn check_identifier(name: &str) -> anyhow::Result<&str> {
+    let ok = !name.is_empty()
+        && name.len() < 60
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        bail!("schema name {name:?} must be 1-59 characters of [a-z0-9_]");
+    }
+    Ok(name)
+}
+
+/// A connection whose search_path is `schema`.
+pub async fn connect(url: &str, schema: &str) -> anyhow::Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse().context("parsing DATABASE_URL")?;
+    config.options(format!("-c search_path={}", check_identifier(schema)?));
+    config.application_name("objmeta-bench");
+    config.connect_timeout(Duration::from_secs(10));
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("bench: database connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates `schema` with objmeta's tables and indexes, through objmeta's own migrations.
+pub async fn migrate(url: &str, schema: &str) -> anyhow::Result<()> {
+    let config = DatabaseConfig {
+        database_url: url.to_string(),
+        database_schema: check_identifier(schema)?.to_string(),
+        database_pool_size: 1,
+        database_connect_timeout: Duration::from_secs(10),
+    };
+    objmeta::migrate(&config)
+        .await
+        .with_context(|| format!("migrating schema {schema}"))?;
+    Ok(())
+}
+
+pub async fn drop_schema(client: &Client, schema: &str) -> anyhow::Result<()> {
+    let sql = format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        check_identifier(schema)?
+    );
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct CleanupArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: String,
+    /// Schemas and topics starting with this prefix are removed.
+    #[arg(long)]
+    prefix: String,
+}
+
+/// Drops the run's schemas and deletes its topics; reports what it removed on stderr.
+pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let prefix = check_identifier(&args.prefix)?;
+    let client = connect(&args.database_url, "public").await?;
+    let rows = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)",
+            &[&prefix],
+        )
+        .await?;
+    for row in rows {
+        let schema: String = row.get(0);
+        drop_schema(&client, &schema).await?;
+        eprintln!("bench: dropped schema {schema}");
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let topics: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    if !topics.is_empty() {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.delete_topics(&topics, &options).await? {
+            match result {
+                Ok(topic) => eprintln!("bench: deleted topic {topic}"),
+                Err((topic, e)) => eprintln!("bench: could not delete topic {topic}: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Column arrays for objmeta's upsert, borrowed from the changes (as sink.rs builds them).
+#[derive(Default)]
+pub struct Columns<'a> {
+    pub bucket: Vec<&'a str>,
+    pub key: Vec<&'a str>,
+    pub version_id: Vec<Option<&'a str>>,
+    pub size: Vec<Option<i64>>,
+    pub etag: Vec<Option<&'a str>>,
+    pub content_type: Vec<Option<&'a str>>,
+    pub user_metadata: Vec<Json<&'a Map<String, Value>>>,
+    pub system_metadata: Vec<Json<&'a Map<String, Value>>>,
+    pub event_name: Vec<&'a str>,
+    pub event_time: Vec<time::OffsetDateTime>,
+    pub sequencer: Vec<i64>,
+    pub deleted_at: Vec<Option<time::OffsetDateTime>>,
+    pub version_guard: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn new(changes: &'a [Change], empty: &'a Map<String, Value>) -> Self {
+        let mut columns = Columns::default();
+        for change in changes {
+            columns.push(change, empty);
+        }
+        columns
+    }
+
+    fn push(&mut self, change: &'a Change, empty: &'a Map<String, Value>) {
+        self.bucket.push(&change.object.bucket);
+        self.key.push(&change.object.key);
+        self.event_name.push(&change.event_name);
+        self.event_time.push(change.event_time);
+        self.sequencer.push(change.sequencer);
+        match &change.action {
+            Action::Upsert(state) => {
+                self.version_id.push(state.version_id.as_deref());
+                self.size.push(state.size);
+                self.etag.push(state.etag.as_deref());
+                self.content_type.push(state.content_type.as_deref());
+                self.user_metadata.push(Json(&state.user_metadata));
+                self.system_metadata.push(Json(&state.system_metadata));
+                self.deleted_at.push(None);
+                self.version_guard.push(false);
+            }
+            Action::Remove {
+                version_id,
+                only_if_current_version,
+            } => {
+                self.version_id.push(version_id.as_deref());
+                self.size.push(None);
+                self.etag.push(None);
+                self.content_type.push(None);
+                self.user_metadata.push(Json(empty));
+                self.system_metadata.push(Json(empty));
+                self.deleted_at.push(Some(change.event_time));
+                self.version_guard.push(*only_if_current_version);
+            }
+        }
+    }
+
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
+        [
+            &self.bucket,
+            &self.key,
+            &self.version_id,
+            &self.size,
+            &self.etag,
+            &self.content_type,
+            &self.user_metadata,
+            &self.system_metadata,
+            &self.event_name,
+            &self.event_time,
+            &self.sequencer,
+            &self.deleted_at,
+            &self.version_guard,
+        ]
+    }
+}
+
+/// CPU time (user + system, children that were waited for included) of a process, seconds.
+pub fn cpu_seconds(pid: u32, with_children: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat(5): 11-14 here (state is 0).
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let mut ticks = tick(11)? + tick(12)?;
+    if with_children {
+        ticks += tick(13)? + tick(14)?;
+    }
+    Some(ticks / USER_HZ)
+}
+
+/// /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 for user space.
+const USER_HZ: f64 = 100.0;
+
+/// A `Vm*` line of /proc/<pid>/status, in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU seconds of a process tree rooted at `root` (live descendants plus reaped children).
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let mut total = cpu_seconds(root, true)?;
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != root && parent_of(pid) == Some(root) {
+            total += cpu_seconds(pid, false).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// (busy, total) jiffies of the whole machine from /proc/stat.
+pub fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Percentile of sorted values (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

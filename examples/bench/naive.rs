@@ -1,0 +1,154 @@
+//! The naive consumer, as a user following the original guide would write it: for each
+//! message, parse it, upsert its row with one single-row statement (autocommit), then commit
+//! that message's offset synchronously. Nothing is batched or overlapped. It writes into its
+//! own fresh schema (objmeta's table, indexes included) and stops after `--messages`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::Message;
+use serde_json::{json, Map, Value};
+use tokio_postgres::types::Json;
+
+use objmeta::event::{Action, Change};
+
+use crate::common;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Fresh schema to write into (created, and dropped at the end).
+    #[arg(long)]
+    schema: String,
+    /// Stop after this many messages.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Give up (with an error) after this long.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+const SINGLE_ROW_UPSERT_SQL: &str = r#"
+INSERT INTO object_metadata AS t (
+    bucket, key, version_id, size, etag, content_type, user_metadata,
+    system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+ON CONFLICT (bucket, key) DO UPDATE SET
+    version_id = excluded.version_id, size = excluded.size, etag = excluded.etag,
+    content_type = excluded.content_type, user_metadata = excluded.user_metadata,
+    system_metadata = excluded.system_metadata, event_name = excluded.event_name,
+    event_time = excluded.event_time, sequencer = excluded.sequencer,
+    deleted_at = excluded.deleted_at, updated_at = excluded.updated_at
+WHERE excluded.sequencer >= t.sequencer
+"#;
+
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    common::migrate(&args.database_url, &args.schema).await?;
+    let client = common::connect(&args.database_url, &args.schema).await?;
+    let statement = client.prepare(SINGLE_ROW_UPSERT_SQL).await?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", &args.group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the naive consumer")?;
+    consumer.subscribe(&[&args.topic])?;
+    let deadline = Instant::now() + args.timeout;
+    let empty = Map::new();
+    let (mut messages, mut rows) = (0u64, 0u64);
+    let mut started = None;
+    while messages < args.messages {
+        if Instant::now() > deadline {
+            bail!(
+                "naive consumer: only {messages} of {} messages after {:?}",
+                args.messages,
+                args.timeout
+            );
+        }
+        let polled = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)));
+        let Some(message) = polled else { continue };
+        let message = message.context("consuming")?;
+        started.get_or_insert_with(Instant::now);
+        if let Ok(parsed) = objmeta::event::parse(message.payload()) {
+            for change in &parsed.changes {
+                let (version_id, size, etag, content_type, user, system, deleted_at) =
+                    columns(change, &empty);
+                client
+                    .execute(
+                        &statement,
+                        &[
+                            &change.object.bucket,
+                            &change.object.key,
+                            &version_id,
+                            &size,
+                            &etag,
+                            &content_type,
+                            &user,
+                            &system,
+                            &change.event_name,
+                            &change.event_time,
+                            &change.sequencer,
+                            &deleted_at,
+                        ],
+                    )
+                    .await?;
+                rows += 1;
+            }
+        }
+        tokio::task::block_in_place(|| consumer.commit_message(&message, CommitMode::Sync))?;
+        messages += 1;
+    }
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    common::drop_schema(&client, &args.schema).await?;
+    Ok(json!({
+        "phase": "naive",
+        "messages": messages,
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows as f64 / seconds,
+        "messages_per_s": messages as f64 / seconds,
+    }))
+}
+
+type RowColumns<'a> = (
+    Option<&'a str>,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Json<&'a Map<String, Value>>,
+    Json<&'a Map<String, Value>>,
+    Option<time::OffsetDateTime>,
+);
+
+fn columns<'a>(change: &'a Change, empty: &'a Map<String, Value>) -> RowColumns<'a> {
+    match &change.action {
+        Action::Upsert(s) => (
+            s.version_id.as_deref(),
+            s.size,
+            s.etag.as_deref(),
+            s.content_type.as_deref(),
+            Json(&s.user_metadata),
+            Json(&s.system_metadata),
+            None,
+        ),
+        Action::Remove { version_id, .. } => (
+            version_id.as_deref(),
+            None,
+            None,
+            None,
+            Json(empty),
+            Json(empty),
+            Some(change.event_time),
+        ),
+    }
+}

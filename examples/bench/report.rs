@@ -1,0 +1,326 @@
+//! Turns the JSON lines the other subcommands printed into one results file and the table,
+//! with the ratios and the targets of issue 5.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// JSON lines collected by scripts/bench (one object per phase; `phase` names it).
+    #[arg(long)]
+    input: PathBuf,
+    /// Results file to write (all figures, the ratios and the target verdicts).
+    #[arg(long)]
+    output: PathBuf,
+}
+
+const TARGET_CEILING_SHARE: f64 = 0.70;
+const TARGET_NAIVE_FACTOR: f64 = 20.0;
+const TARGET_CPU_PER_10K: f64 = 0.25;
+const TARGET_RSS_MIB: f64 = 64.0;
+const TARGET_P99_MS_AT_2K: f64 = 250.0;
+const TARGET_SCALE_OUT: f64 = 1.6;
+/// Above this share of the machine's CPU in use, PostgreSQL has no headroom to give.
+const SATURATED_PERCENT: f64 = 90.0;
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    let mut results =
+        json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": []});
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: Value =
+            serde_json::from_str(line).with_context(|| format!("bad line {line}"))?;
+        match value["phase"].as_str().unwrap_or("") {
+            "meta" => results["meta"] = value,
+            "ceiling" => results["ceiling"] = value,
+            "naive" => results["naive"] = value,
+            "catchup" => push(&mut results["catchup"], value),
+            "steady" => push(&mut results["steady"], value),
+            "produce" => push(&mut results["produce"], value),
+            other => eprintln!("bench report: ignoring phase {other:?}"),
+        }
+    }
+    let (table, verdicts) = render(&results);
+    results["verdicts"] = verdicts;
+    std::fs::write(&args.output, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    print!("{table}");
+    println!("raw figures: {}", args.output.display());
+    Ok(())
+}
+
+fn push(array: &mut Value, value: Value) {
+    if !array.is_array() {
+        *array = json!([]);
+    }
+    if let Some(items) = array.as_array_mut() {
+        items.push(value);
+    }
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn fmt_rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| {
+        let r = r.round() as i64;
+        let (thousands, units) = (r / 1000, r % 1000);
+        if thousands > 0 {
+            format!("{thousands},{units:03}")
+        } else {
+            units.to_string()
+        }
+    })
+}
+
+fn fmt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.decimals$}"))
+}
+
+fn catchup<'a>(results: &'a Value, label: &str) -> Option<&'a Value> {
+    results["catchup"]
+        .as_array()?
+        .iter()
+        .find(|c| c["label"] == label)
+}
+
+fn render(results: &Value) -> (String, Value) {
+    let mut out = String::new();
+    let meta = &results["meta"];
+    let _ = writeln!(
+        out,
+        "\nobjmeta benchmark {} (git {}, {} events, {} partitions{})",
+        meta["started"].as_str().unwrap_or("?"),
+        meta["git"].as_str().unwrap_or("?"),
+        meta["events"],
+        meta["partitions"],
+        if meta["quick"] == true {
+            ", --quick"
+        } else {
+            ""
+        }
+    );
+    let ceiling_rate = render_ceiling(&mut out, &results["ceiling"]);
+    let naive = &results["naive"];
+    let naive_rate = num(&naive["rows_per_s"]);
+    let _ = writeln!(
+        out,
+        "\nNaive consumer (1 upsert + 1 sync commit per message): {} rows/s over {} messages",
+        fmt_rate(naive_rate),
+        naive["messages"]
+    );
+    render_catchup(&mut out, results);
+    render_steady(&mut out, results);
+    let verdicts = render_verdicts(&mut out, results, ceiling_rate, naive_rate);
+    (out, verdicts)
+}
+
+fn render_ceiling(out: &mut String, ceiling: &Value) -> Option<f64> {
+    let _ = writeln!(
+        out,
+        "\nCeiling: rows upserted straight into objmeta's table (indexes included), one connection\n  {:<24} {:>9} {:>12} {:>12}",
+        "shape", "rows", "fresh rows/s", "update rows/s"
+    );
+    for shape in ceiling["shapes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>9} {:>12} {:>12}",
+            shape["shape"].as_str().unwrap_or("?"),
+            shape["rows"],
+            fmt_rate(num(&shape["insert_rows_per_s"])),
+            fmt_rate(num(&shape["update_rows_per_s"]))
+        );
+    }
+    let full = &ceiling["full"];
+    let _ = writeln!(
+        out,
+        "  {:<24} {:>9} {:>12} {:>12}   <- best shape ({}), at catch-up size",
+        "best, full size",
+        full["rows"],
+        fmt_rate(num(&full["insert_rows_per_s"])),
+        fmt_rate(num(&full["update_rows_per_s"])),
+        ceiling["best"].as_str().unwrap_or("?")
+    );
+    num(&full["insert_rows_per_s"])
+}
+
+fn render_catchup(out: &mut String, results: &Value) {
+    let _ = writeln!(
+        out,
+        "\nobjmeta catch-up (topic pre-filled, fresh group and schema; time from start to all offsets committed)\n  {:<30} {:>8} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "run", "events", "seconds", "events/s", "(active)", "CPU s/10k", "peak RSS", "end RSS", "PG cores", "Kafka c.", "busy%"
+    );
+    for run in results["catchup"].as_array().into_iter().flatten() {
+        let end_rss: Vec<String> = run["end_rss_kib"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .map(|k| format!("{:.0}", k / 1024.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<30} {:>8} {:>7} {:>9} {:>10} {:>9} {:>8}M {:>8}M {:>8} {:>8} {:>6}",
+            format!(
+                "{} ({} replica(s))",
+                run["label"].as_str().unwrap_or("?"),
+                run["replicas"]
+            ),
+            run["events"],
+            fmt(num(&run["seconds"]), 1),
+            fmt_rate(num(&run["events_per_s"])),
+            fmt_rate(num(&run["events_per_s_after_first_commit"])),
+            fmt(num(&run["cpu_seconds_per_10k"]), 3),
+            fmt(num(&run["peak_rss_kib"]).map(|k| k / 1024.0), 0),
+            end_rss.join("+"),
+            fmt(num(&run["pg_cores"]), 2),
+            fmt(num(&run["kafka_cores"]), 2),
+            fmt(num(&run["machine_busy_percent"]), 0)
+        );
+    }
+}
+
+fn render_steady(out: &mut String, results: &Value) {
+    let _ = writeln!(
+        out,
+        "\nobjmeta steady rate (default settings; publish -> row visible, probe polls every 10 ms)\n  {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}   {}",
+        "events/s", "samples", "missing", "p50 ms", "p99 ms", "max ms", "SQL updated_at-event_time p50/p99/max ms (txn start)"
+    );
+    for run in results["steady"].as_array().into_iter().flatten() {
+        let sql = &run["sql_txn_start"];
+        let _ = writeln!(
+            out,
+            "  {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}   {}/{}/{}",
+            run["rate"],
+            run["samples"],
+            run["missing"],
+            fmt(num(&run["p50_ms"]), 1),
+            fmt(num(&run["p99_ms"]), 1),
+            fmt(num(&run["max_ms"]), 1),
+            fmt(num(&sql["p50_ms"]), 1),
+            fmt(num(&sql["p99_ms"]), 1),
+            fmt(num(&sql["max_ms"]), 1)
+        );
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "MET",
+        Some(false) => "NOT MET",
+        None => "n/a",
+    }
+}
+
+fn render_verdicts(
+    out: &mut String,
+    results: &Value,
+    ceiling_rate: Option<f64>,
+    naive_rate: Option<f64>,
+) -> Value {
+    let distinct = catchup(results, "distinct");
+    let objmeta_rate = distinct.and_then(|d| num(&d["events_per_s"]));
+    let of_ceiling = objmeta_rate.zip(ceiling_rate).map(|(o, c)| o / c);
+    let of_naive = objmeta_rate.zip(naive_rate).map(|(o, n)| o / n);
+    let single: Vec<&Value> = results["catchup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["replicas"] == 1)
+        .collect();
+    let worst_cpu = single
+        .iter()
+        .filter_map(|c| num(&c["cpu_seconds_per_10k"]))
+        .reduce(f64::max);
+    let worst_rss = single
+        .iter()
+        .filter_map(|c| num(&c["peak_rss_kib"]).map(|k| k / 1024.0))
+        .reduce(f64::max);
+    let p99_2k = results["steady"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["rate"] == 2000)
+        .and_then(|s| num(&s["p99_ms"]));
+    let two = catchup(results, "scale-out");
+    let scale = two
+        .and_then(|t| num(&t["events_per_s"]))
+        .zip(objmeta_rate)
+        .map(|(t, o)| t / o);
+    let busy = two.and_then(|t| num(&t["machine_busy_percent"]));
+    let pg_cores = two.and_then(|t| num(&t["pg_cores"]));
+    let saturated = busy.map(|b| b >= SATURATED_PERCENT);
+    let _ = writeln!(out, "\nRatios and targets (issue 5)");
+    let mut line = |name: &str, figure: String, target: String, met: Option<bool>| {
+        let _ = writeln!(
+            out,
+            "  {:<46} {:>12}   target {:<14} {}",
+            name,
+            figure,
+            target,
+            verdict(met)
+        );
+        json!({"name": name, "figure": figure, "target": target, "met": met})
+    };
+    let verdicts = vec![
+        line(
+            "catch-up (distinct) / ceiling (fresh inserts)",
+            fmt(of_ceiling.map(|r| r * 100.0), 1) + " %",
+            format!(">= {:.0} %", TARGET_CEILING_SHARE * 100.0),
+            of_ceiling.map(|r| r >= TARGET_CEILING_SHARE),
+        ),
+        line(
+            "catch-up (distinct) / naive consumer",
+            fmt(of_naive, 1) + " x",
+            format!(">= {TARGET_NAIVE_FACTOR:.0} x"),
+            of_naive.map(|r| r >= TARGET_NAIVE_FACTOR),
+        ),
+        line(
+            "CPU per 10k events (worst 1-replica run)",
+            fmt(worst_cpu, 3) + " s",
+            format!("<= {TARGET_CPU_PER_10K} s"),
+            worst_cpu.map(|c| c <= TARGET_CPU_PER_10K),
+        ),
+        line(
+            "peak RSS (worst 1-replica run)",
+            fmt(worst_rss, 0) + " MiB",
+            format!("<= {TARGET_RSS_MIB:.0} MiB"),
+            worst_rss.map(|r| r <= TARGET_RSS_MIB),
+        ),
+        line(
+            "p99 event-to-row delay at 2k events/s",
+            fmt(p99_2k, 1) + " ms",
+            format!("<= {TARGET_P99_MS_AT_2K:.0} ms"),
+            p99_2k.map(|p| p <= TARGET_P99_MS_AT_2K),
+        ),
+        line(
+            "2 replicas / 1 replica (catch-up)",
+            fmt(scale, 2) + " x",
+            format!(">= {TARGET_SCALE_OUT} x"),
+            scale.map(|s| s >= TARGET_SCALE_OUT),
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "  headroom during the 2-replica run: machine {} % busy, PostgreSQL {} cores{}",
+        fmt(busy, 0),
+        fmt(pg_cores, 2),
+        match saturated {
+            Some(true) => " -> no headroom: the 2 cores are saturated, scale-out cannot show here",
+            Some(false) => " -> CPU headroom left",
+            None => "",
+        }
+    );
+    json!({
+        "objmeta_over_ceiling": of_ceiling,
+        "objmeta_over_naive": of_naive,
+        "two_over_one_replica": scale,
+        "machine_saturated_in_scale_out": saturated,
+        "targets": verdicts,
+    })
+}

@@ -1,0 +1,196 @@
+//! Catch-up measurement: waits until the consumer group has committed every offset of the
+//! topic (committed == end offset on every partition, read from Kafka itself, so it works for
+//! any number of replicas), sampling the replicas' CPU and memory, PostgreSQL's and the
+//! broker's CPU and the machine's load meanwhile.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use crate::common::{cpu_seconds, machine_jiffies, status_kib, tree_cpu_seconds};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    /// A label for the report (e.g. distinct, mix, scale-out).
+    #[arg(long)]
+    label: String,
+    /// objmeta replicas to watch (repeatable); an exited replica is an error.
+    #[arg(long = "pid", required = true)]
+    pids: Vec<u32>,
+    /// PostgreSQL's postmaster (its whole process tree is counted).
+    #[arg(long)]
+    pg_pid: Option<u32>,
+    /// The Kafka broker's process.
+    #[arg(long)]
+    kafka_pid: Option<u32>,
+    /// When the replicas were started, Unix ns (defaults to now).
+    #[arg(long)]
+    since_ns: Option<u128>,
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
+}
+
+struct Others {
+    pg: Option<f64>,
+    kafka: Option<f64>,
+    machine: Option<(u64, u64)>,
+}
+
+impl Others {
+    fn sample(args: &Args) -> Others {
+        Others {
+            pg: args.pg_pid.and_then(tree_cpu_seconds),
+            kafka: args.kafka_pid.and_then(|p| cpu_seconds(p, true)),
+            machine: machine_jiffies(),
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", &args.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the offset reader")?;
+    let partitions = tokio::task::block_in_place(|| end_offsets(&consumer, &args.topic))?;
+    let end: i64 = partitions.iter().map(|(_, high)| high).sum();
+    let before = Others::sample(&args);
+    let since = args.since_ns.unwrap_or_else(now_ns);
+    let started = Instant::now();
+    let mut first_commit_ns = None;
+    let mut peak_rss = 0u64;
+    loop {
+        let committed = tokio::task::block_in_place(|| committed(&consumer, &args, &partitions))?;
+        if committed > 0 && first_commit_ns.is_none() {
+            first_commit_ns = Some(now_ns());
+        }
+        for &pid in &args.pids {
+            let Some(rss) = status_kib(pid, "VmRSS") else {
+                bail!("objmeta (pid {pid}) exited before catching up ({committed}/{end} committed); see its log");
+            };
+            peak_rss = peak_rss.max(rss);
+        }
+        if committed >= end {
+            break;
+        }
+        if started.elapsed() > args.timeout {
+            bail!(
+                "timeout: group {} committed {committed} of {end} offsets of {} after {:?}",
+                args.group,
+                args.topic,
+                args.timeout
+            );
+        }
+        tokio::time::sleep(args.interval).await;
+    }
+    let done_ns = now_ns();
+    let after = Others::sample(&args);
+    let seconds = (done_ns - since) as f64 / 1e9;
+    let active = first_commit_ns.map_or(seconds, |t| (done_ns - t) as f64 / 1e9);
+    let cpu: f64 = args
+        .pids
+        .iter()
+        .filter_map(|&p| cpu_seconds(p, false))
+        .sum();
+    let hwm = args
+        .pids
+        .iter()
+        .filter_map(|&p| status_kib(p, "VmHWM"))
+        .max();
+    let rss_end: Vec<u64> = args
+        .pids
+        .iter()
+        .filter_map(|&p| status_kib(p, "VmRSS"))
+        .collect();
+    let cores = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) / seconds);
+    let busy = before.machine.zip(after.machine).map(|(a, b)| {
+        let total = (b.1 - a.1).max(1) as f64;
+        100.0 * (b.0 - a.0) as f64 / total
+    });
+    Ok(json!({
+        "phase": "catchup",
+        "label": args.label,
+        "replicas": args.pids.len(),
+        "events": end,
+        "seconds": seconds,
+        "seconds_after_first_commit": active,
+        "events_per_s": end as f64 / seconds,
+        "events_per_s_after_first_commit": end as f64 / active,
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_10k": cpu * 10_000.0 / end.max(1) as f64,
+        "peak_rss_kib": hwm.unwrap_or(peak_rss),
+        "end_rss_kib": rss_end,
+        "pg_cores": cores(before.pg, after.pg),
+        "kafka_cores": cores(before.kafka, after.kafka),
+        "machine_busy_percent": busy,
+    }))
+}
+
+/// Every partition of the topic with its high watermark.
+fn end_offsets(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions (does it exist?)");
+    }
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            Ok((p, high))
+        })
+        .collect()
+}
+
+/// Sum over partitions of the group's committed offset, capped at the end offset.
+fn committed(
+    consumer: &BaseConsumer,
+    args: &Args,
+    partitions: &[(i32, i64)],
+) -> anyhow::Result<i64> {
+    let mut list = TopicPartitionList::new();
+    for (partition, _) in partitions {
+        list.add_partition(&args.topic, *partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .context("reading committed offsets")?;
+    Ok(partitions
+        .iter()
+        .map(|(partition, high)| {
+            match committed
+                .find_partition(&args.topic, *partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(n)) => n.min(*high),
+                _ => 0,
+            }
+        })
+        .sum())
+}
+
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

@@ -216,7 +216,12 @@ fn base_config(config: &KafkaConfig) -> ClientConfig {
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.partition.eof", "false")
         // Feeds the consumer lag gauge.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Bounded prefetch (librdkafka's default is 64 MiB), refilled
+        // promptly: the default 1 s back-off once the queue is full would
+        // leave a fast pipeline idle for most of every second.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.queue.backoff.ms", "20");
     client
 }
 
@@ -290,23 +295,5 @@ impl Committer {
             let _ = thread.join();
         }
         consumer.context().commit_written(consumer, None)
-    }
-}
-
-/// Pauses or resumes fetching from the given partitions.
-pub fn set_paused(
-    consumer: &KafkaConsumer,
-    topic: &str,
-    partitions: &[i32],
-    paused: bool,
-) -> KafkaResult<()> {
-    let mut list = TopicPartitionList::new();
-    for &partition in partitions {
-        list.add_partition(topic, partition);
-    }
-    if paused {
-        consumer.pause(&list)
-    } else {
-        consumer.resume(&list)
     }
 }

@@ -1,11 +1,10 @@
 //! The main loop: consume, reduce into a batch, write it, commit.
 //!
 //! One batch is written at a time by a spawned task while the loop keeps
-//! polling Kafka and filling the next batch: fetching and parsing overlap
-//! the database write, and polling never stops (so the member stays in its
-//! group and rebalance callbacks run even while the database is down).
-//! When the next batch is full before the write finishes, fetching is
-//! paused, which bounds memory.
+//! filling the next batch from the poller: fetching and parsing overlap the
+//! database write. When the next batch is full before the write finishes,
+//! the loop stops taking messages; the poller then pauses fetching (and
+//! keeps polling), which bounds memory.
 //!
 //! Offsets of a batch are committed only after its transaction commits,
 //! and only for partitions this member still owns.
@@ -25,7 +24,7 @@ use crate::batch::{Batch, Contribution, Origin, WriteBatch};
 use crate::error::{Disposition, Error, SinkError};
 use crate::event::EventFamily;
 use crate::http::Health;
-use crate::kafka::{self, Committer, KafkaConsumer, RebalanceEvent};
+use crate::kafka::{Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
 use crate::poller::{Polled, Poller};
 use crate::retry::Backoff;
@@ -64,7 +63,6 @@ pub struct Pipeline {
     /// Cancelled to abandon the in-flight write's retries at shutdown.
     abandon: CancellationToken,
     assigned: BTreeSet<i32>,
-    paused: bool,
 }
 
 impl Pipeline {
@@ -94,7 +92,6 @@ impl Pipeline {
             in_flight: None,
             abandon: CancellationToken::new(),
             assigned: BTreeSet::new(),
-            paused: false,
         })
     }
 
@@ -109,7 +106,7 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.rebalances.recv() => self.on_rebalance(event),
                 written = wait_for(&mut self.in_flight) => self.on_written(written)?,
-                polled = self.messages.recv() => match polled {
+                polled = self.messages.recv(), if self.accepts_messages() => match polled {
                     Some(polled) => self.on_consumed(polled),
                     None => return Err(Error::Config("the kafka poller thread stopped".into())),
                 },
@@ -134,9 +131,6 @@ impl Pipeline {
                 tracing::info!(?partitions, "partitions assigned");
                 self.assigned.extend(partitions.iter().copied());
                 self.health.set_in_group(true);
-                if self.paused {
-                    self.pause(&partitions, true);
-                }
             }
             RebalanceEvent::Lost(partitions) => {
                 tracing::warn!(
@@ -208,11 +202,6 @@ impl Pipeline {
             .collect();
         self.committer.commit(&self.consumer, &owned);
         self.health.progressed();
-        if self.paused {
-            let partitions: Vec<i32> = self.assigned.iter().copied().collect();
-            self.pause(&partitions, false);
-            self.paused = false;
-        }
         Ok(())
     }
 
@@ -239,23 +228,22 @@ impl Pipeline {
         }
     }
 
-    /// Starts a write when the batch is due and none is in flight; pauses
-    /// fetching when the batch is full and the previous write still runs.
+    /// Backpressure: a full batch waits for the running write to finish
+    /// before it takes more messages.
+    fn accepts_messages(&self) -> bool {
+        self.in_flight.is_none() || self.batch.rows() < self.settings.batch_max_rows
+    }
+
+    /// Starts a write when the batch is due (full or old enough) and none
+    /// is in flight.
     fn flush_if_due(&mut self) {
         let full = self.batch.rows() >= self.settings.batch_max_rows;
         let old = self
             .batch
             .deadline(self.settings.batch_max_age)
             .is_some_and(|deadline| deadline <= Instant::now());
-        if !(full || old) {
-            return;
-        }
-        if self.in_flight.is_none() {
+        if (full || old) && self.in_flight.is_none() {
             self.start_write();
-        } else if full && !self.paused {
-            let partitions: Vec<i32> = self.assigned.iter().copied().collect();
-            self.pause(&partitions, true);
-            self.paused = true;
         }
     }
 
@@ -278,14 +266,6 @@ impl Pipeline {
             self.abandon.clone(),
         );
         self.in_flight = Some(tokio::spawn(task));
-    }
-
-    fn pause(&self, partitions: &[i32], paused: bool) {
-        if let Err(e) = kafka::set_paused(&self.consumer, &self.settings.topic, partitions, paused)
-        {
-            tracing::warn!(error = %e, paused, "changing the paused state of partitions");
-        }
-        self.metrics.paused.set(i64::from(paused));
     }
 
     /// Shutdown: stop reading, finish the in-flight write, write what is

@@ -1,6 +1,17 @@
 //! The Kafka poller: a dedicated thread that polls the consumer, parses
 //! each message into a batch contribution and hands it to the pipeline.
 //!
+//! Backpressure: when the pipeline stops taking messages (its next batch is
+//! full while a write is still running) the channel fills up and the poller
+//! waits for room, while librdkafka's bounded prefetch queue holds the rest.
+//! When the wait lasts longer than a normal write (the database is down or
+//! very slow), the poller pauses fetching from every assigned partition and
+//! keeps polling, so the member stays in its group (no `max.poll.interval.ms`
+//! eviction) and rebalance callbacks keep running; it resumes fetching once
+//! the pipeline takes messages again. Pausing only after a while matters:
+//! librdkafka drops its prefetched messages on pause and fetches them again
+//! on resume.
+//!
 //! Why a thread and not rust-rdkafka's `StreamConsumer`: its waker is only
 //! called when librdkafka's queue goes from empty to non-empty, so a poll
 //! that consumes an internal event (statistics, commit results) can leave
@@ -14,8 +25,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::TopicPartitionList;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use crate::batch::{Contribution, DeadLetter, Origin};
@@ -27,9 +41,16 @@ use crate::metrics::Metrics;
 /// notices that it should stop.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// How long the poller waits for room in the channel before it pauses
+/// fetching; longer than a normal batch write.
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
+
+/// While paused, how long the poller waits for room between two polls.
+const PAUSED_WAIT: Duration = Duration::from_millis(50);
+
 /// Parsed messages in flight between the poller and the pipeline; the
 /// poller waits when the pipeline is this far behind.
-const CHANNEL_CAPACITY: usize = 8192;
+const CHANNEL_CAPACITY: usize = 2048;
 
 /// One poll result, in consumption order.
 pub type Polled = Result<(Origin, Contribution), KafkaError>;
@@ -41,18 +62,29 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Starts polling; messages arrive on the returned receiver.
+    /// Starts polling; messages arrive on the returned receiver. Must be
+    /// called within the tokio runtime: the thread waits for room in the
+    /// channel with the runtime's timers.
     pub fn spawn(
         consumer: Arc<KafkaConsumer>,
         metrics: Metrics,
     ) -> std::io::Result<(Self, Receiver<Polled>)> {
         let (sender, receiver) = channel(CHANNEL_CAPACITY);
         let stop = Arc::new(AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name("objmeta-poller".into())
             .spawn({
                 let stop = stop.clone();
-                move || poll_until_stopped(&consumer, &metrics, &sender, &stop)
+                move || {
+                    let feed = Feed {
+                        consumer: &consumer,
+                        metrics: &metrics,
+                        sender: &sender,
+                        runtime: &runtime,
+                    };
+                    feed.run(&stop);
+                }
             })?;
         Ok((
             Poller {
@@ -81,23 +113,115 @@ impl Drop for Poller {
     }
 }
 
-fn poll_until_stopped(
-    consumer: &KafkaConsumer,
-    metrics: &Metrics,
-    sender: &Sender<Polled>,
-    stop: &AtomicBool,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let polled = match consumer.poll(POLL_TIMEOUT) {
-            None => continue,
-            Some(Ok(message)) => Ok(contribution(&message, metrics)),
-            Some(Err(e)) => Err(e),
-        };
-        if sender.blocking_send(polled).is_err() {
-            // The pipeline is gone: nothing left to feed.
-            return;
+/// What the poller thread works with.
+struct Feed<'a> {
+    consumer: &'a KafkaConsumer,
+    metrics: &'a Metrics,
+    sender: &'a Sender<Polled>,
+    runtime: &'a tokio::runtime::Handle,
+}
+
+impl Feed<'_> {
+    fn run(&self, stop: &AtomicBool) {
+        // A message polled but not yet accepted by the pipeline.
+        let mut held: Option<Polled> = None;
+        let mut paused: Option<TopicPartitionList> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(polled) = held.take() {
+                let wait = if paused.is_some() {
+                    PAUSED_WAIT
+                } else {
+                    PAUSE_AFTER
+                };
+                match self.offer(polled, wait) {
+                    Offer::Taken => {}
+                    Offer::Closed => return, // the pipeline is gone
+                    Offer::Full(polled) => held = Some(polled),
+                }
+            }
+            paused = update_pause(self.consumer, self.metrics, paused, held.is_some());
+            if held.is_some() {
+                // Paused: poll only to serve callbacks and stay in the group;
+                // a message still buffered before the pause is held too.
+                if let Some(polled) = self.poll(Duration::ZERO) {
+                    held = Some(polled);
+                }
+                continue;
+            }
+            held = self.poll(POLL_TIMEOUT);
         }
     }
+
+    fn poll(&self, timeout: Duration) -> Option<Polled> {
+        match self.consumer.poll(timeout)? {
+            Ok(message) => Some(Ok(contribution(&message, self.metrics))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Hands one message to the pipeline, waiting up to `wait` for room.
+    fn offer(&self, polled: Polled, wait: Duration) -> Offer {
+        let polled = match self.sender.try_send(polled) {
+            Ok(()) => return Offer::Taken,
+            Err(TrySendError::Closed(_)) => return Offer::Closed,
+            Err(TrySendError::Full(polled)) => polled,
+        };
+        let room = self
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, self.sender.reserve()).await });
+        match room {
+            Ok(Ok(permit)) => {
+                permit.send(polled);
+                Offer::Taken
+            }
+            Ok(Err(_closed)) => Offer::Closed,
+            Err(_elapsed) => Offer::Full(polled),
+        }
+    }
+}
+
+enum Offer {
+    Taken,
+    Full(Polled),
+    Closed,
+}
+
+/// Pauses the current assignment while the pipeline is behind (again when
+/// the assignment changed), resumes it when it caught up. Returns what is
+/// paused now.
+fn update_pause(
+    consumer: &KafkaConsumer,
+    metrics: &Metrics,
+    paused: Option<TopicPartitionList>,
+    behind: bool,
+) -> Option<TopicPartitionList> {
+    if !behind {
+        if let Some(list) = paused {
+            // Resume what is assigned now: the assignment may have changed
+            // while paused, and resuming an unpaused partition is harmless.
+            let list = consumer.assignment().unwrap_or(list);
+            if let Err(e) = consumer.resume(&list) {
+                tracing::warn!(error = %e, "resuming partitions");
+            }
+            metrics.paused.set(0);
+        }
+        return None;
+    }
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the assignment");
+            return paused;
+        }
+    };
+    if paused.as_ref().map(TopicPartitionList::to_topic_map) == Some(assignment.to_topic_map()) {
+        return paused;
+    }
+    if let Err(e) = consumer.pause(&assignment) {
+        tracing::warn!(error = %e, "pausing partitions");
+    }
+    metrics.paused.set(1);
+    Some(assignment)
 }
 
 /// Turns one message into what it contributes to a batch, counting its

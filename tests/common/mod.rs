@@ -129,8 +129,18 @@ pub struct TestBed {
 
 impl TestBed {
     pub async fn new(name: &str, partitions: i32) -> TestBed {
+        TestBed::on(services().clone(), name, partitions, &[]).await
+    }
+
+    /// A test bed on the given services (e.g. a private instance), its
+    /// topic created with extra topic-level settings.
+    pub async fn on(
+        services: Services,
+        name: &str,
+        partitions: i32,
+        topic_config: &[(&str, &str)],
+    ) -> TestBed {
         init_logging();
-        let services = services().clone();
         let unique = format!("{name}_{}_{}", std::process::id(), rand::random::<u32>());
         let bed = TestBed {
             name: name.to_string(),
@@ -141,16 +151,19 @@ impl TestBed {
             producer: producer(&services.brokers),
             services,
         };
-        bed.create_topic().await;
+        bed.create_topic(topic_config).await;
         bed
     }
 
-    async fn create_topic(&self) {
+    async fn create_topic(&self, topic_config: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.services.brokers)
             .create()
             .expect("admin client");
-        let topic = NewTopic::new(&self.topic, self.partitions, TopicReplication::Fixed(1));
+        let mut topic = NewTopic::new(&self.topic, self.partitions, TopicReplication::Fixed(1));
+        for (key, value) in topic_config {
+            topic = topic.set(key, value);
+        }
         let results = admin
             .create_topics(&[topic], &AdminOptions::new())
             .await
@@ -618,4 +631,225 @@ pub fn minio_message(
         }],
     });
     (key, serde_json::to_vec(&payload).expect("json"))
+}
+
+/// A private Kafka + PostgreSQL pair (`OBJMETA_SERVICES_INSTANCE=<name>
+/// scripts/services`), for tests that stop, restart or reconfigure a
+/// service: they must not disturb tests running on the shared services.
+/// Stopped again when dropped (its data is kept for the next run).
+pub struct PrivateServices {
+    pub name: String,
+    pub services: Services,
+    /// Everything `scripts/services env` printed for the instance.
+    pub env: BTreeMap<String, String>,
+}
+
+impl PrivateServices {
+    pub fn start(name: &str) -> PrivateServices {
+        let script = repo_root().join("scripts/services");
+        let up = Command::new(&script)
+            .arg("up")
+            .env("OBJMETA_SERVICES_INSTANCE", name)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/services up");
+        assert!(up.success(), "scripts/services up ({name}) failed");
+        let output = Command::new(&script)
+            .arg("env")
+            .env("OBJMETA_SERVICES_INSTANCE", name)
+            .output()
+            .expect("run scripts/services env");
+        assert!(output.status.success(), "scripts/services env failed");
+        let env: BTreeMap<String, String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        PrivateServices {
+            name: name.to_string(),
+            services: Services {
+                brokers: env["KAFKA_BROKERS"].clone(),
+                database_url: env["DATABASE_URL"].clone(),
+            },
+            env,
+        }
+    }
+
+    /// Runs `scripts/services <args>` on this instance; panics on failure.
+    pub fn ctl(&self, args: &[&str]) {
+        let status = Command::new(repo_root().join("scripts/services"))
+            .args(args)
+            .env("OBJMETA_SERVICES_INSTANCE", &self.name)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/services");
+        assert!(status.success(), "scripts/services {args:?} failed");
+    }
+
+    /// `ctl` on a blocking thread, for use inside async tests.
+    pub async fn ctl_async(&self, args: &[&str]) {
+        let name = self.name.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let status = Command::new(repo_root().join("scripts/services"))
+                .args(&args)
+                .env("OBJMETA_SERVICES_INSTANCE", &name)
+                .stdout(Stdio::null())
+                .status()
+                .expect("run scripts/services");
+            assert!(status.success(), "scripts/services {args:?} failed");
+        })
+        .await
+        .expect("scripts/services thread");
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from scripts/services env"))
+    }
+}
+
+impl Drop for PrivateServices {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/services"))
+            .arg("down")
+            .env("OBJMETA_SERVICES_INSTANCE", &self.name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl TestBed {
+    /// Like `spawn_binary`, with extra environment (overriding the bed's).
+    pub fn spawn_binary_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Binary {
+        let http_port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_objmeta"));
+        command
+            .arg("run")
+            .args(extra)
+            .env("KAFKA_BROKERS", &self.services.brokers)
+            .env("KAFKA_TOPIC", &self.topic)
+            .env("KAFKA_GROUP_ID", &self.group)
+            .env("DATABASE_URL", &self.services.database_url)
+            .env("DATABASE_SCHEMA", &self.schema)
+            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("LOG_LEVEL", "info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log file handle"))
+            .spawn()
+            .expect("spawn objmeta");
+        Binary {
+            child,
+            http_port,
+            log,
+        }
+    }
+
+    /// The end (high watermark) offset of every partition.
+    pub fn end_offsets(&self) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.services.brokers)
+            .create()
+            .expect("watermark reader");
+        (0..self.partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
+    }
+
+    /// Sum of every series of a metric (all label values).
+    pub async fn metric_sum(http_port: u16, name: &str) -> Option<f64> {
+        let body = http_get(http_port, "/metrics").await?.1;
+        Some(
+            body.lines()
+                .filter(|line| {
+                    line.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    /// Publishes with a producer allowing messages up to `max_bytes`.
+    pub async fn publish_large(
+        &self,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+        max_bytes: usize,
+    ) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.services.brokers)
+            .set("message.max.bytes", max_bytes.to_string())
+            .create()
+            .expect("producer");
+        let record = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(key)
+            .payload(payload);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .expect("delivered");
+    }
+}
+
+impl Binary {
+    /// Sends SIGTERM and waits (at most `timeout`) for the exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM to {pid}");
+        let child = &mut self.child;
+        wait_until(timeout, "objmeta to exit after SIGTERM", || {
+            let exited = child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Messages of a generated workload made hostile to ordering: about
+/// `duplicate_percent` of them sent twice, and every window of `window`
+/// messages shuffled (so events of one object arrive out of order).
+pub fn hostile_stream(
+    messages: Vec<(String, Vec<u8>)>,
+    duplicate_percent: u32,
+    window: usize,
+    seed: u64,
+) -> Vec<(String, Vec<u8>)> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(messages.len() * (100 + duplicate_percent as usize) / 100);
+    for message in messages {
+        if rng.random_range(0..100) < duplicate_percent {
+            out.push(message.clone());
+        }
+        out.push(message);
+    }
+    for chunk in out.chunks_mut(window.max(1)) {
+        chunk.shuffle(&mut rng);
+    }
+    out
 }

@@ -151,12 +151,12 @@ impl Batch {
             }
         }
         out.commit_offsets.sort_unstable();
-        out.changes.reserve(merged.len());
-        out.origins.reserve(merged.len());
-        for (change, origin) in merged.into_values() {
-            out.changes.push(change);
-            out.origins.push(origin);
-        }
+        // Rows in key order: concurrent transactions (several write lanes)
+        // that happen to share keys then lock them in the same order and
+        // cannot deadlock; index inserts also get better locality.
+        let mut rows: Vec<(Change, Origin)> = merged.into_values().collect();
+        rows.sort_unstable_by(|a, b| a.0.object.cmp(&b.0.object));
+        (out.changes, out.origins) = rows.into_iter().unzip();
         out
     }
 }

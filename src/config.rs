@@ -53,6 +53,10 @@ pub struct RunConfig {
     /// Flush a batch once its oldest message has waited this long (e.g. `50ms`, `1s`).
     #[arg(long, env = "BATCH_MAX_AGE", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub batch_max_age: Duration,
+    /// Batches written at the same time, each on its own connection; partitions are
+    /// spread over them. Needs DATABASE_POOL_SIZE of at least this plus one.
+    #[arg(long, env = "WRITE_CONCURRENCY", default_value_t = 2)]
+    pub write_concurrency: usize,
     /// Longest wait between two retries of a batch while the database is unavailable.
     #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
     pub retry_max_backoff: Duration,
@@ -113,10 +117,17 @@ impl RunConfig {
                 "--batch-max-age (BATCH_MAX_AGE) must be longer than zero".into(),
             ));
         }
-        if self.database.database_pool_size == 0 {
+        if self.write_concurrency == 0 {
             return Err(Error::Config(
-                "--database-pool-size (DATABASE_POOL_SIZE) must be at least 1".into(),
+                "--write-concurrency (WRITE_CONCURRENCY) must be at least 1".into(),
             ));
+        }
+        if self.database.database_pool_size <= self.write_concurrency {
+            return Err(Error::Config(format!(
+                "--database-pool-size (DATABASE_POOL_SIZE) must exceed --write-concurrency \
+                 (WRITE_CONCURRENCY, {}): one connection per write lane plus one for health checks",
+                self.write_concurrency
+            )));
         }
         Ok(())
     }

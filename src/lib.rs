@@ -17,6 +17,7 @@ pub mod poller;
 pub mod produce;
 pub mod retry;
 pub mod sink;
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             batch_max_age: config.batch_max_age,
             retry_max_backoff: config.retry_max_backoff,
             shutdown_timeout: config.shutdown_timeout,
+            write_lanes: config.write_concurrency,
         };
         Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
             .run(shutdown.clone())

@@ -1,34 +1,34 @@
-//! The main loop: consume, reduce into a batch, write it, commit.
+//! The main loop: consume, reduce into batches, write them, commit.
 //!
-//! One batch is written at a time by a spawned task while the loop keeps
-//! filling the next batch from the poller: fetching and parsing overlap the
-//! database write. When the next batch is full before the write finishes,
-//! the loop stops taking messages; the poller then pauses fetching (and
-//! keeps polling), which bounds memory.
-//!
-//! Offsets of a batch are committed only after its transaction commits,
-//! and only for partitions this member still owns.
+//! Partitions are spread over a few write lanes (`partition % lanes`). Each
+//! lane accumulates its own batch and has at most one write in flight, run
+//! by a spawned task on its own connection, so several transactions run
+//! at once while fetching and parsing continue. Lanes never share a
+//! partition, so each partition's offsets are committed exactly when the
+//! transaction holding its messages has committed, and only for partitions
+//! this member still owns. When a lane's next batch is full before its write
+//! finishes, the loop stops taking messages; the poller then waits and, if
+//! that lasts, pauses fetching (and keeps polling), which bounds memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Contribution, Origin, WriteBatch};
-use crate::error::{Disposition, Error, SinkError};
-use crate::event::EventFamily;
+use crate::batch::{Batch, Contribution, Origin};
+use crate::error::Error;
 use crate::http::Health;
 use crate::kafka::{Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
 use crate::poller::{Polled, Poller};
-use crate::retry::Backoff;
-use crate::sink::{Sink, WriteReport};
+use crate::sink::Sink;
+use crate::writer::{Writer, Written};
 
 /// Tuning of the loop, from the run configuration.
 #[derive(Clone, Debug)]
@@ -39,13 +39,16 @@ pub struct Settings {
     pub retry_max_backoff: Duration,
     /// How long shutdown waits for the last writes before giving up on them.
     pub shutdown_timeout: Duration,
+    /// Batches written at the same time (one connection each).
+    pub write_lanes: usize,
 }
 
-/// The result of one spawned batch write.
-struct Written {
-    commit_offsets: Vec<(i32, i64)>,
-    families: HashMap<EventFamily, u64>,
-    result: Result<WriteReport, SinkError>,
+/// The batch of some partitions, and whether its previous one is being
+/// written.
+#[derive(Default)]
+struct Lane {
+    batch: Batch,
+    writing: bool,
 }
 
 pub struct Pipeline {
@@ -54,14 +57,12 @@ pub struct Pipeline {
     messages: Receiver<Polled>,
     committer: Committer,
     rebalances: UnboundedReceiver<RebalanceEvent>,
-    sink: Sink,
+    writer: Writer,
     metrics: Metrics,
     health: Arc<Health>,
     settings: Settings,
-    batch: Batch,
-    in_flight: Option<JoinHandle<Written>>,
-    /// Cancelled to abandon the in-flight write's retries at shutdown.
-    abandon: CancellationToken,
+    lanes: Vec<Lane>,
+    writes: JoinSet<Written>,
     assigned: BTreeSet<i32>,
 }
 
@@ -78,19 +79,28 @@ impl Pipeline {
         let committer = Committer::spawn(consumer.clone()).map_err(thread_error)?;
         let (poller, messages) =
             Poller::spawn(consumer.clone(), metrics.clone()).map_err(thread_error)?;
+        let writer = Writer {
+            sink,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            retry_max_backoff: settings.retry_max_backoff,
+            abandon: CancellationToken::new(),
+        };
+        let lanes = (0..settings.write_lanes.max(1))
+            .map(|_| Lane::default())
+            .collect();
         Ok(Pipeline {
             consumer,
             poller,
             messages,
             committer,
             rebalances,
-            sink,
+            writer,
             metrics,
             health,
             settings,
-            batch: Batch::default(),
-            in_flight: None,
-            abandon: CancellationToken::new(),
+            lanes,
+            writes: JoinSet::new(),
             assigned: BTreeSet::new(),
         })
     }
@@ -101,28 +111,36 @@ impl Pipeline {
         let idle_tick = self.settings.batch_max_age.max(Duration::from_millis(100));
         loop {
             let flush_at = self.flush_deadline(idle_tick);
+            let writing = !self.writes.is_empty();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.rebalances.recv() => self.on_rebalance(event),
-                written = wait_for(&mut self.in_flight) => self.on_written(written)?,
+                Some(joined) = self.writes.join_next(), if writing => self.on_joined(joined)?,
                 polled = self.messages.recv(), if self.accepts_messages() => match polled {
                     Some(polled) => self.on_consumed(polled),
                     None => return Err(Error::Config("the kafka poller thread stopped".into())),
                 },
                 _ = sleep_until(flush_at.into()) => self.on_tick(),
             }
-            self.flush_if_due();
+            self.flush_due_lanes();
         }
         self.drain().await
     }
 
-    /// When the batch is due by age; an idle loop still wakes now and then
-    /// to report progress.
+    /// The earliest moment a lane's batch is due by age; an idle loop still
+    /// wakes now and then to report progress.
     fn flush_deadline(&self, idle_tick: Duration) -> Instant {
-        self.batch
-            .deadline(self.settings.batch_max_age)
+        self.lanes
+            .iter()
+            .filter(|lane| !lane.writing)
+            .filter_map(|lane| lane.batch.deadline(self.settings.batch_max_age))
+            .min()
             .unwrap_or_else(|| Instant::now() + idle_tick)
+    }
+
+    fn lane_of(&self, partition: i32) -> usize {
+        usize::try_from(partition).unwrap_or(0) % self.lanes.len()
     }
 
     fn on_rebalance(&mut self, event: RebalanceEvent) {
@@ -154,7 +172,9 @@ impl Pipeline {
         for partition in partitions {
             self.assigned.remove(partition);
         }
-        self.batch.drop_partitions(partitions);
+        for lane in &mut self.lanes {
+            lane.batch.drop_partitions(partitions);
+        }
     }
 
     fn on_consumed(&mut self, consumed: Result<(Origin, Contribution), KafkaError>) {
@@ -165,7 +185,8 @@ impl Pipeline {
         }
         match consumed {
             Ok((origin, contribution)) if self.assigned.contains(&origin.partition) => {
-                self.batch.add(origin, contribution);
+                let lane = self.lane_of(origin.partition);
+                self.lanes[lane].batch.add(origin, contribution);
             }
             Ok((origin, _)) => {
                 tracing::debug!(
@@ -181,22 +202,33 @@ impl Pipeline {
     }
 
     fn on_tick(&mut self) {
-        if self.batch.is_empty() && self.in_flight.is_none() {
+        if self.writes.is_empty() && self.lanes.iter().all(|lane| lane.batch.is_empty()) {
             self.health.progressed();
         }
     }
 
+    fn on_joined(&mut self, joined: Result<Written, tokio::task::JoinError>) -> Result<(), Error> {
+        // A writer task never panics by design; if one did, its lane is
+        // unknown: stop with a fatal error (nothing was committed for it).
+        let written = joined.unwrap_or_else(|e| Written::crashed(0, &e));
+        self.on_written(written)
+    }
+
     fn on_written(&mut self, written: Written) -> Result<(), Error> {
-        let report = match written.result {
-            Ok(report) => report,
-            Err(e) => return Err(Error::Database(e)),
-        };
-        self.record_report(&report, &written.families);
+        if let Some(lane) = self.lanes.get_mut(written.lane) {
+            lane.writing = false;
+        }
+        written.record(&self.metrics);
+        let Written {
+            commit_offsets,
+            result,
+            ..
+        } = written;
+        result.map_err(Error::Database)?;
         while let Ok(event) = self.rebalances.try_recv() {
             self.on_rebalance(event);
         }
-        let owned: Vec<(i32, i64)> = written
-            .commit_offsets
+        let owned: Vec<(i32, i64)> = commit_offsets
             .into_iter()
             .filter(|(partition, _)| self.assigned.contains(partition))
             .collect();
@@ -205,51 +237,37 @@ impl Pipeline {
         Ok(())
     }
 
-    fn record_report(&self, report: &WriteReport, families: &HashMap<EventFamily, u64>) {
-        for (family, count) in families {
-            self.metrics
-                .events
-                .with_label_values(&[family.label(), "written"])
-                .inc_by(*count);
-        }
-        let rows = &self.metrics.rows;
-        rows.with_label_values(&["upserted"])
-            .inc_by(report.upserted);
-        rows.with_label_values(&["tombstoned"])
-            .inc_by(report.tombstoned);
-        rows.with_label_values(&["stale"]).inc_by(report.stale);
-        rows.with_label_values(&["rejected"])
-            .inc_by(report.rejected);
-        if report.rejected > 0 {
-            self.metrics
-                .dead_letters
-                .with_label_values(&["database_rejected"])
-                .inc_by(report.rejected);
-        }
-    }
-
-    /// Backpressure: a full batch waits for the running write to finish
-    /// before it takes more messages.
+    /// Backpressure: when a lane's batch is full while its previous batch
+    /// is still being written, take no more messages until it is done.
     fn accepts_messages(&self) -> bool {
-        self.in_flight.is_none() || self.batch.rows() < self.settings.batch_max_rows
+        !self
+            .lanes
+            .iter()
+            .any(|lane| lane.writing && lane.batch.rows() >= self.settings.batch_max_rows)
     }
 
-    /// Starts a write when the batch is due (full or old enough) and none
-    /// is in flight.
-    fn flush_if_due(&mut self) {
-        let full = self.batch.rows() >= self.settings.batch_max_rows;
-        let old = self
-            .batch
-            .deadline(self.settings.batch_max_age)
-            .is_some_and(|deadline| deadline <= Instant::now());
-        if (full || old) && self.in_flight.is_none() {
-            self.start_write();
+    /// Starts a write for every idle lane whose batch is full or old enough.
+    fn flush_due_lanes(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.lanes.len() {
+            let lane = &self.lanes[index];
+            let full = lane.batch.rows() >= self.settings.batch_max_rows;
+            let old = lane
+                .batch
+                .deadline(self.settings.batch_max_age)
+                .is_some_and(|deadline| deadline <= now);
+            if !lane.writing && (full || old) {
+                self.start_write(index);
+            }
         }
     }
 
-    fn start_write(&mut self) {
-        let batch = self.batch.take();
+    fn start_write(&mut self, index: usize) {
+        let lane = &mut self.lanes[index];
+        let batch = lane.batch.take();
+        lane.writing = true;
         tracing::debug!(
+            lane = index,
             rows = batch.changes.len(),
             messages = batch.messages,
             "writing batch"
@@ -257,15 +275,7 @@ impl Pipeline {
         self.metrics
             .batch_rows
             .observe((batch.changes.len() + batch.dead_letters.len()) as f64);
-        let task = write_with_retry(
-            self.sink.clone(),
-            batch,
-            self.metrics.clone(),
-            self.health.clone(),
-            Backoff::new(Duration::from_millis(100), self.settings.retry_max_backoff),
-            self.abandon.clone(),
-        );
-        self.in_flight = Some(tokio::spawn(task));
+        self.writes.spawn(self.writer.clone().write(index, batch));
     }
 
     /// Shutdown: stop reading, finish the in-flight write, write what is
@@ -273,7 +283,7 @@ impl Pipeline {
     async fn drain(mut self) -> Result<(), Error> {
         tracing::info!("shutting down: writing what was consumed");
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
-        let abandon = self.abandon.clone();
+        let abandon = self.writer.abandon.clone();
         let abandon_at_deadline = tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
             abandon.cancel();
@@ -306,109 +316,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Waits for the running writes, then writes every lane's remainder.
     async fn finish_writes(&mut self) -> Result<(), Error> {
-        if let Some(mut task) = self.in_flight.take() {
-            let written = join(&mut task).await;
-            self.on_written(written)?;
+        while let Some(joined) = self.writes.join_next().await {
+            self.on_joined(joined)?;
         }
-        if !self.batch.is_empty() {
-            self.start_write();
-            if let Some(mut task) = self.in_flight.take() {
-                let written = join(&mut task).await;
-                self.on_written(written)?;
+        for index in 0..self.lanes.len() {
+            if !self.lanes[index].batch.is_empty() {
+                self.start_write(index);
             }
+        }
+        while let Some(joined) = self.writes.join_next().await {
+            self.on_joined(joined)?;
         }
         Ok(())
-    }
-}
-
-/// Waits for the in-flight write; pending forever when there is none, so
-/// the select arm stays quiet.
-async fn wait_for(in_flight: &mut Option<JoinHandle<Written>>) -> Written {
-    match in_flight {
-        Some(task) => {
-            let written = join(task).await;
-            *in_flight = None;
-            written
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn join(task: &mut JoinHandle<Written>) -> Written {
-    match task.await {
-        Ok(written) => written,
-        // A panic in the writer is a bug; report it as a fatal write error
-        // rather than unwinding the loop (nothing was committed for it).
-        Err(e) => Written {
-            commit_offsets: Vec::new(),
-            families: HashMap::new(),
-            result: Err(SinkError::Pool {
-                context: "batch writer task",
-                message: e.to_string(),
-                disposition: Disposition::Fatal,
-            }),
-        },
-    }
-}
-
-/// Writes one batch, retrying retriable failures with capped, jittered
-/// backoff until it succeeds, a fatal error occurs, or shutdown abandons it.
-async fn write_with_retry(
-    sink: Sink,
-    batch: WriteBatch,
-    metrics: Metrics,
-    health: Arc<Health>,
-    mut backoff: Backoff,
-    abandon: CancellationToken,
-) -> Written {
-    let started = Instant::now();
-    let result = loop {
-        match sink.write(&batch).await {
-            Ok(report) => {
-                health.set_database_ready(true);
-                record_delays(&batch, &metrics);
-                break Ok(report);
-            }
-            Err(e) => {
-                metrics.db_errors.with_label_values(&[e.kind_label()]).inc();
-                if e.disposition() != Disposition::Retriable {
-                    break Err(e);
-                }
-                health.set_database_ready(false);
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, rows = batch.changes.len(), "batch write failed, retrying");
-                tokio::select! {
-                    _ = abandon.cancelled() => break Err(e),
-                    _ = tokio::time::sleep(delay) => metrics.db_retries.inc(),
-                }
-            }
-        }
-    };
-    metrics
-        .flush_seconds
-        .observe(started.elapsed().as_secs_f64());
-    Written {
-        commit_offsets: batch.commit_offsets,
-        families: batch.families,
-        result,
-    }
-}
-
-/// Observes, for every written change, the delay from its event time to
-/// now (just after the commit), and advances the freshness gauge.
-fn record_delays(batch: &WriteBatch, metrics: &Metrics) {
-    let now = time::OffsetDateTime::now_utc();
-    let mut newest = None;
-    for change in &batch.changes {
-        let delay = (now - change.event_time).as_seconds_f64().max(0.0);
-        metrics.event_delay.observe(delay);
-        newest = newest.max(Some(change.event_time));
-    }
-    if let Some(newest) = newest {
-        let seconds = newest.unix_timestamp_nanos() as f64 / 1e9;
-        if seconds > metrics.last_event_timestamp.get() {
-            metrics.last_event_timestamp.set(seconds);
-        }
     }
 }

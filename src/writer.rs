@@ -1,0 +1,144 @@
+//! The batch writer: one spawned task per batch write, retrying retriable
+//! database errors with capped, jittered backoff, and the metrics that a
+//! finished write reports.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::WriteBatch;
+use crate::error::{Disposition, SinkError};
+use crate::event::EventFamily;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::sink::{Sink, WriteReport};
+
+/// First delay after a retriable failure; doubles up to the configured cap.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// What a finished write hands back to the pipeline.
+pub struct Written {
+    /// The lane that wrote the batch.
+    pub lane: usize,
+    /// Offsets that may be committed now that the batch is durable.
+    pub commit_offsets: Vec<(i32, i64)>,
+    families: HashMap<EventFamily, u64>,
+    pub result: Result<WriteReport, SinkError>,
+}
+
+impl Written {
+    /// A writer task that died (a bug): a fatal error, nothing committed.
+    pub fn crashed(lane: usize, error: &tokio::task::JoinError) -> Self {
+        Written {
+            lane,
+            commit_offsets: Vec::new(),
+            families: HashMap::new(),
+            result: Err(SinkError::Pool {
+                context: "batch writer task",
+                message: error.to_string(),
+                disposition: Disposition::Fatal,
+            }),
+        }
+    }
+
+    /// Counts what a successful write did.
+    pub fn record(&self, metrics: &Metrics) {
+        let Ok(report) = &self.result else {
+            return;
+        };
+        for (family, count) in &self.families {
+            metrics
+                .events
+                .with_label_values(&[family.label(), "written"])
+                .inc_by(*count);
+        }
+        let rows = &metrics.rows;
+        rows.with_label_values(&["upserted"])
+            .inc_by(report.upserted);
+        rows.with_label_values(&["tombstoned"])
+            .inc_by(report.tombstoned);
+        rows.with_label_values(&["stale"]).inc_by(report.stale);
+        rows.with_label_values(&["rejected"])
+            .inc_by(report.rejected);
+        if report.rejected > 0 {
+            metrics
+                .dead_letters
+                .with_label_values(&["database_rejected"])
+                .inc_by(report.rejected);
+        }
+    }
+}
+
+/// Everything a write task needs besides its batch.
+#[derive(Clone)]
+pub struct Writer {
+    pub sink: Sink,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub retry_max_backoff: Duration,
+    /// Cancelled to abandon retries at shutdown.
+    pub abandon: CancellationToken,
+}
+
+impl Writer {
+    /// Writes one batch, retrying retriable failures until it succeeds, a
+    /// fatal error occurs, or shutdown abandons it.
+    pub async fn write(self, lane: usize, batch: WriteBatch) -> Written {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
+        let result = loop {
+            let error = match self.sink.write(&batch).await {
+                Ok(report) => {
+                    self.health.set_database_ready(true);
+                    record_delays(&batch, &self.metrics);
+                    break Ok(report);
+                }
+                Err(e) => e,
+            };
+            self.metrics
+                .db_errors
+                .with_label_values(&[error.kind_label()])
+                .inc();
+            if error.disposition() != Disposition::Retriable {
+                break Err(error);
+            }
+            self.health.set_database_ready(false);
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %error, retry_in = ?delay, rows = batch.changes.len(), "batch write failed, retrying");
+            tokio::select! {
+                _ = self.abandon.cancelled() => break Err(error),
+                _ = tokio::time::sleep(delay) => self.metrics.db_retries.inc(),
+            }
+        };
+        self.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Written {
+            lane,
+            commit_offsets: batch.commit_offsets,
+            families: batch.families,
+            result,
+        }
+    }
+}
+
+/// Observes, for every written change, the delay from its event time to
+/// now (just after the commit), and advances the freshness gauge.
+fn record_delays(batch: &WriteBatch, metrics: &Metrics) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut newest = None;
+    for change in &batch.changes {
+        let delay = (now - change.event_time).as_seconds_f64().max(0.0);
+        metrics.event_delay.observe(delay);
+        newest = newest.max(Some(change.event_time));
+    }
+    if let Some(newest) = newest {
+        let seconds = newest.unix_timestamp_nanos() as f64 / 1e9;
+        if seconds > metrics.last_event_timestamp.get() {
+            metrics.last_event_timestamp.set(seconds);
+        }
+    }
+}

@@ -48,7 +48,7 @@ pub struct RunConfig {
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9187")]
     pub http_addr: SocketAddr,
     /// Flush a batch once it holds this many distinct objects (plus dead letters).
-    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 5000)]
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 2500)]
     pub batch_max_rows: usize,
     /// Flush a batch once its oldest message has waited this long (e.g. `50ms`, `1s`).
     #[arg(long, env = "BATCH_MAX_AGE", default_value = "50ms", value_parser = humantime::parse_duration)]

@@ -29,9 +29,19 @@ pub struct Args {
     /// Fresh schema to write into (created, and dropped at the end).
     #[arg(long)]
     schema: String,
-    /// Stop after this many messages.
+    /// Stop after this many messages…
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
+    /// …or after this long, whichever comes first (the rate is taken over what was done).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    max_time: Duration,
+    /// Names this variant in the report.
+    #[arg(long, default_value = "per-message commit")]
+    label: String,
+    /// Commit the offset after every n-th message (1: the naive consumer; larger values only
+    /// to see what the per-message commit costs).
+    #[arg(long, default_value_t = 1)]
+    commit_every: u64,
     /// Give up (with an error) after this long.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -67,7 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let empty = Map::new();
     let (mut messages, mut rows) = (0u64, 0u64);
     let mut started = None;
-    while messages < args.messages {
+    while messages < args.messages && started.is_none_or(|s: Instant| s.elapsed() < args.max_time) {
         if Instant::now() > deadline {
             bail!(
                 "naive consumer: only {messages} of {} messages after {:?}",
@@ -105,13 +115,17 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                 rows += 1;
             }
         }
-        tokio::task::block_in_place(|| consumer.commit_message(&message, CommitMode::Sync))?;
         messages += 1;
+        if messages % args.commit_every.max(1) == 0 {
+            tokio::task::block_in_place(|| consumer.commit_message(&message, CommitMode::Sync))?;
+        }
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     common::drop_schema(&client, &args.schema).await?;
     Ok(json!({
         "phase": "naive",
+        "label": args.label,
+        "commit_every": args.commit_every,
         "messages": messages,
         "rows": rows,
         "seconds": seconds,

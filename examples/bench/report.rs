@@ -37,7 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         match value["phase"].as_str().unwrap_or("") {
             "meta" => results["meta"] = value,
             "ceiling" => results["ceiling"] = value,
-            "naive" => results["naive"] = value,
+            "naive" => push(&mut results["naive"], value),
             "catchup" => push(&mut results["catchup"], value),
             "steady" => push(&mut results["steady"], value),
             "produce" => push(&mut results["produce"], value),
@@ -66,20 +66,42 @@ fn num(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
+/// A rate with thousands separators: 41,250.
 fn fmt_rate(v: Option<f64>) -> String {
     v.map_or("-".into(), |r| {
-        let r = r.round() as i64;
-        let (thousands, units) = (r / 1000, r % 1000);
-        if thousands > 0 {
-            format!("{thousands},{units:03}")
-        } else {
-            units.to_string()
+        let digits = (r.round() as i64).to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
         }
+        out
     })
+}
+
+/// A JSON value as plain text (strings without quotes), so that width and alignment apply.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
 }
 
 fn fmt(v: Option<f64>, decimals: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.decimals$}"))
+}
+
+/// The naive consumer's rate: the one that commits every message, or the best other one.
+fn naive_rate(results: &Value, per_message: bool) -> Option<f64> {
+    results["naive"]
+        .as_array()?
+        .iter()
+        .filter(|n| (n["commit_every"] == 1) == per_message)
+        .filter_map(|n| num(&n["rows_per_s"]))
+        .reduce(f64::max)
 }
 
 fn catchup<'a>(results: &'a Value, label: &str) -> Option<&'a Value> {
@@ -97,8 +119,8 @@ fn render(results: &Value) -> (String, Value) {
         "\nobjmeta benchmark {} (git {}, {} events, {} partitions{})",
         meta["started"].as_str().unwrap_or("?"),
         meta["git"].as_str().unwrap_or("?"),
-        meta["events"],
-        meta["partitions"],
+        text(&meta["events"]),
+        text(&meta["partitions"]),
         if meta["quick"] == true {
             ", --quick"
         } else {
@@ -106,14 +128,25 @@ fn render(results: &Value) -> (String, Value) {
         }
     );
     let ceiling_rate = render_ceiling(&mut out, &results["ceiling"]);
-    let naive = &results["naive"];
-    let naive_rate = num(&naive["rows_per_s"]);
     let _ = writeln!(
         out,
-        "\nNaive consumer (1 upsert + 1 sync commit per message): {} rows/s over {} messages",
-        fmt_rate(naive_rate),
-        naive["messages"]
+        "\nNaive consumer (one single-row upsert per message, autocommit)"
     );
+    for naive in results["naive"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {:<44} {:>9} rows/s  ({} messages in {} s)",
+            format!(
+                "{}, Kafka sync commit every {} msg",
+                naive["label"].as_str().unwrap_or("?"),
+                text(&naive["commit_every"])
+            ),
+            fmt_rate(num(&naive["rows_per_s"])),
+            text(&naive["messages"]),
+            fmt(num(&naive["seconds"]), 1)
+        );
+    }
+    let naive_rate = naive_rate(results, true);
     render_catchup(&mut out, results);
     render_steady(&mut out, results);
     let verdicts = render_verdicts(&mut out, results, ceiling_rate, naive_rate);
@@ -131,7 +164,7 @@ fn render_ceiling(out: &mut String, ceiling: &Value) -> Option<f64> {
             out,
             "  {:<24} {:>9} {:>12} {:>12}",
             shape["shape"].as_str().unwrap_or("?"),
-            shape["rows"],
+            text(&shape["rows"]),
             fmt_rate(num(&shape["insert_rows_per_s"])),
             fmt_rate(num(&shape["update_rows_per_s"]))
         );
@@ -141,7 +174,7 @@ fn render_ceiling(out: &mut String, ceiling: &Value) -> Option<f64> {
         out,
         "  {:<24} {:>9} {:>12} {:>12}   <- best shape ({}), at catch-up size",
         "best, full size",
-        full["rows"],
+        text(&full["rows"]),
         fmt_rate(num(&full["insert_rows_per_s"])),
         fmt_rate(num(&full["update_rows_per_s"])),
         ceiling["best"].as_str().unwrap_or("?")
@@ -169,9 +202,9 @@ fn render_catchup(out: &mut String, results: &Value) {
             format!(
                 "{} ({} replica(s))",
                 run["label"].as_str().unwrap_or("?"),
-                run["replicas"]
+                text(&run["replicas"])
             ),
-            run["events"],
+            text(&run["events"]),
             fmt(num(&run["seconds"]), 1),
             fmt_rate(num(&run["events_per_s"])),
             fmt_rate(num(&run["events_per_s_after_first_commit"])),
@@ -188,17 +221,17 @@ fn render_catchup(out: &mut String, results: &Value) {
 fn render_steady(out: &mut String, results: &Value) {
     let _ = writeln!(
         out,
-        "\nobjmeta steady rate (default settings; publish -> row visible, probe polls every 10 ms)\n  {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}   {}",
-        "events/s", "samples", "missing", "p50 ms", "p99 ms", "max ms", "SQL updated_at-event_time p50/p99/max ms (txn start)"
+        "\nobjmeta steady rate (default settings; publish -> row visible, probe polls every 10 ms)\n  {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}   SQL updated_at-event_time p50/p99/max ms (txn start)",
+        "events/s", "samples", "missing", "p50 ms", "p99 ms", "max ms"
     );
     for run in results["steady"].as_array().into_iter().flatten() {
         let sql = &run["sql_txn_start"];
         let _ = writeln!(
             out,
             "  {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}   {}/{}/{}",
-            run["rate"],
-            run["samples"],
-            run["missing"],
+            text(&run["rate"]),
+            text(&run["samples"]),
+            text(&run["missing"]),
             fmt(num(&run["p50_ms"]), 1),
             fmt(num(&run["p99_ms"]), 1),
             fmt(num(&run["max_ms"]), 1),
@@ -227,6 +260,9 @@ fn render_verdicts(
     let objmeta_rate = distinct.and_then(|d| num(&d["events_per_s"]));
     let of_ceiling = objmeta_rate.zip(ceiling_rate).map(|(o, c)| o / c);
     let of_naive = objmeta_rate.zip(naive_rate).map(|(o, n)| o / n);
+    let of_batched_naive = objmeta_rate
+        .zip(self::naive_rate(results, false))
+        .map(|(o, n)| o / n);
     let single: Vec<&Value> = results["catchup"]
         .as_array()
         .into_iter()
@@ -319,6 +355,7 @@ fn render_verdicts(
     json!({
         "objmeta_over_ceiling": of_ceiling,
         "objmeta_over_naive": of_naive,
+        "objmeta_over_naive_batched_commits": of_batched_naive,
         "two_over_one_replica": scale,
         "machine_saturated_in_scale_out": saturated,
         "targets": verdicts,

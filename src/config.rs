@@ -83,7 +83,8 @@ pub struct KafkaConfig {
     /// Any librdkafka property as `key=value` (SASL, TLS, fetch sizes, …); repeatable.
     /// In the environment, separate several with `;`. Overrides objmeta's defaults,
     /// except `enable.auto.commit`, which objmeta keeps off (it commits after each write).
-    #[arg(short = 'X', long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ';', value_parser = parse_property)]
+    /// Its environment value is hidden in `--help`: it may hold `sasl.password`.
+    #[arg(short = 'X', long = "kafka-property", env = "KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ';', value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
 }
 

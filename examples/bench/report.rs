@@ -188,6 +188,15 @@ fn render_catchup(out: &mut String, results: &Value) {
         "run", "events", "seconds", "events/s", "(active)", "CPU s/10k", "peak RSS", "end RSS", "PG cores", "Kafka c.", "busy%"
     );
     for run in results["catchup"].as_array().into_iter().flatten() {
+        if let Some(error) = run["error"].as_str() {
+            let name = format!(
+                "{} ({} replica(s))",
+                text(&run["label"]),
+                text(&run["replicas"])
+            );
+            let _ = writeln!(out, "  {name:<30} FAILED: {error}");
+            continue;
+        }
         let end_rss: Vec<String> = run["end_rss_kib"]
             .as_array()
             .into_iter()

@@ -38,6 +38,9 @@ pub struct Args {
     since_ns: Option<u128>,
     #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Give up when the committed offsets have not moved for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stall_timeout: Duration,
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     interval: Duration,
 }
@@ -72,8 +75,12 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut first_commit_ns = None;
     let mut peak_rss = 0u64;
+    let (mut last_committed, mut last_progress) = (-1i64, Instant::now());
     loop {
         let committed = tokio::task::block_in_place(|| committed(&consumer, &args, &partitions))?;
+        if committed != last_committed {
+            (last_committed, last_progress) = (committed, Instant::now());
+        }
         if committed > 0 && first_commit_ns.is_none() {
             first_commit_ns = Some(now_ns());
         }
@@ -85,6 +92,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         }
         if committed >= end {
             break;
+        }
+        if last_progress.elapsed() > args.stall_timeout {
+            bail!(
+                "stalled: group {} committed {committed} of {end} offsets of {} and nothing moved for {:?} (the replicas are still running)",
+                args.group,
+                args.topic,
+                args.stall_timeout
+            );
         }
         if started.elapsed() > args.timeout {
             bail!(

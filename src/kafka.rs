@@ -14,7 +14,9 @@
 //! commit is the only way to count failures and know what was committed.
 
 use std::collections::HashMap;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -262,17 +264,37 @@ pub struct Committer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How soon the committer retries a failed commit when no new batch asks.
+const COMMIT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Committer {
     pub fn spawn(consumer: Arc<KafkaConsumer>) -> std::io::Result<Self> {
         let (requests, receiver) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("objmeta-committer".into())
             .spawn(move || {
-                while receiver.recv().is_ok() {
-                    while receiver.try_recv().is_ok() {}
-                    if let Err(e) = consumer.context().commit_written(consumer.as_ref(), None) {
-                        tracing::warn!(error = %e, "offset commit failed; it is retried with the next batch");
+                // After a failed commit (e.g. IllegalGeneration while a
+                // rebalance is in progress), retry on a timer too: waiting
+                // for the next batch alone leaves a partition that went
+                // quiet uncommitted for good.
+                let mut failed = false;
+                loop {
+                    let request = if failed {
+                        receiver.recv_timeout(COMMIT_RETRY_INTERVAL)
+                    } else {
+                        receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    };
+                    if request == Err(RecvTimeoutError::Disconnected) {
+                        break;
                     }
+                    while receiver.try_recv().is_ok() {}
+                    failed = match consumer.context().commit_written(consumer.as_ref(), None) {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?COMMIT_RETRY_INTERVAL, "offset commit failed; retrying");
+                            true
+                        }
+                    };
                 }
             })?;
         Ok(Committer {

@@ -23,6 +23,9 @@ enum Outcome {
     Skipped(String, String),
 }
 
+/// A dead_letters row: offset, message key, payload, reason.
+type DeadLetter = (i64, Option<Vec<u8>>, Option<Vec<u8>>, String);
+
 struct Case {
     label: &'static str,
     payload: Option<Vec<u8>>,
@@ -340,7 +343,7 @@ async fn hostile_messages_end_as_dead_letters_or_correct_rows() {
     service.stop().await.unwrap();
 
     let db = bed.db().await;
-    let dead: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>, String)> = db
+    let dead: Vec<DeadLetter> = db
         .query(
             r#"SELECT "offset", message_key, payload, reason FROM dead_letters ORDER BY "offset""#,
             &[],

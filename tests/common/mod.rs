@@ -815,12 +815,22 @@ impl Binary {
             .status()
             .expect("run kill");
         assert!(sent.success(), "SIGTERM to {pid}");
-        let child = &mut self.child;
-        wait_until(timeout, "objmeta to exit after SIGTERM", || {
-            let exited = child.try_wait().ok().flatten();
-            async move { exited }
-        })
-        .await
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "objmeta did not exit within {timeout:?} after SIGTERM; log tail:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// True while the process runs.

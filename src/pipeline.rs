@@ -30,6 +30,9 @@ use crate::poller::{Polled, Poller};
 use crate::sink::Sink;
 use crate::writer::{Writer, Written};
 
+/// How long shutdown waits for the final commit and the consumer's close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Tuning of the loop, from the run configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -291,26 +294,34 @@ impl Pipeline {
         let result = self.finish_writes().await;
         abandon_at_deadline.abort();
         result?;
-        if let Err(e) = self.committer.finish(&self.consumer) {
-            tracing::warn!(error = %e, "final offset commit failed; a restart re-reads the last batch");
-        }
         self.health.set_in_group(false);
-        // Closing the consumer runs librdkafka's last callbacks and leaves
-        // the group: blocking work, kept off the async workers.
+        // The final commit and closing the consumer (librdkafka's last
+        // callbacks, leaving the group) block: run them off the async
+        // workers, and do not let a broker that stopped answering hold the
+        // exit forever.
         let Pipeline {
             consumer,
             poller,
             messages,
+            committer,
             ..
         } = self;
         drop(messages);
-        let closed = tokio::task::spawn_blocking(move || {
+        let closing = tokio::task::spawn_blocking(move || {
             poller.stop();
+            if let Err(e) = committer.finish(&consumer) {
+                tracing::warn!(error = %e, "final offset commit failed; a restart re-reads the last batch");
+            }
             consumer.unsubscribe();
             drop(consumer);
         });
-        if let Err(e) = closed.await {
-            tracing::warn!(error = %e, "closing the kafka consumer");
+        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing the kafka consumer"),
+            Err(_) => tracing::warn!(
+                timeout = ?CLOSE_TIMEOUT,
+                "the kafka consumer did not close in time; exiting without waiting"
+            ),
         }
         tracing::info!("shut down cleanly");
         Ok(())

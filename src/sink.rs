@@ -25,7 +25,7 @@ use crate::event::{Action, Change};
 /// guarded removal (one specific version deleted) applies only when that
 /// version is the stored one, or when the object was never seen.
 /// Returns how many rows became live and how many became tombstones.
-const UPSERT_SQL: &str = r#"
+pub const UPSERT_SQL: &str = r#"
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],

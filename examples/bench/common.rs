@@ -14,46 +14,8 @@ use tokio_postgres::{Client, NoTls};
 use objmeta::config::DatabaseConfig;
 use objmeta::event::{Action, Change};
 
-/// objmeta's own statement (src/sink.rs `UPSERT_SQL`, which is private), kept word for word so
-/// that the ceiling's baseline shape is the one objmeta sends. Re-copy it when sink.rs changes.
-pub const OBJMETA_UPSERT_SQL: &str = r#"
-WITH incoming AS (
-    SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-        $7::jsonb[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::int8[],
-        $12::timestamptz[], $13::bool[]
-    ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
-           system_metadata, event_name, event_time, sequencer, deleted_at, version_guard)
-), written AS (
-    INSERT INTO object_metadata AS t (
-        bucket, key, version_id, size, etag, content_type, user_metadata,
-        system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
-    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata,
-           i.system_metadata, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
-    FROM incoming i
-    WHERE NOT i.version_guard OR NOT EXISTS (
-        SELECT 1 FROM object_metadata o
-        WHERE o.bucket = i.bucket AND o.key = i.key
-          AND o.version_id IS DISTINCT FROM i.version_id)
-    ON CONFLICT (bucket, key) DO UPDATE SET
-        version_id = excluded.version_id,
-        size = excluded.size,
-        etag = excluded.etag,
-        content_type = excluded.content_type,
-        user_metadata = excluded.user_metadata,
-        system_metadata = excluded.system_metadata,
-        event_name = excluded.event_name,
-        event_time = excluded.event_time,
-        sequencer = excluded.sequencer,
-        deleted_at = excluded.deleted_at,
-        updated_at = excluded.updated_at
-    WHERE excluded.sequencer > t.sequencer
-       OR (excluded.sequencer = t.sequencer
-           AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
-    RETURNING deleted_at IS NULL AS live
-)
-SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
-"#;
+/// objmeta's own statement, so that the ceiling's baseline shape is the one objmeta sends.
+pub use objmeta::sink::UPSERT_SQL as OBJMETA_UPSERT_SQL;
 
 /// Schema names are built by scripts/bench; anything else is refused before it reaches SQL
 /// (identifiers cannot be bound parameters).

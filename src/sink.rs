@@ -11,8 +11,7 @@ use std::str::FromStr;
 use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres_openssl::MakeTlsConnector;
-use serde_json::{Map, Value};
-use tokio_postgres::types::Json;
+use serde_json::Value;
 
 use crate::batch::{DeadLetter, WriteBatch};
 use crate::config::DatabaseConfig;
@@ -29,7 +28,7 @@ pub const UPSERT_SQL: &str = r#"
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-        $7::jsonb[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::int8[],
+        $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
         $12::timestamptz[], $13::bool[]
     ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
            system_metadata, event_name, event_time, sequencer, deleted_at, version_guard)
@@ -37,8 +36,8 @@ WITH incoming AS (
     INSERT INTO object_metadata AS t (
         bucket, key, version_id, size, etag, content_type, user_metadata,
         system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
-    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata,
-           i.system_metadata, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
+    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
+           i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
     FROM incoming i
     WHERE NOT i.version_guard OR NOT EXISTS (
         SELECT 1 FROM object_metadata o
@@ -69,6 +68,9 @@ INSERT INTO dead_letters (topic, partition, "offset", message_key, payload, reas
 SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::text[])
 ON CONFLICT (topic, partition, "offset") DO NOTHING
 "#;
+
+/// The metadata of a tombstone.
+const EMPTY_OBJECT: &str = "{}";
 
 /// What one batch write did, for metrics and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -465,8 +467,9 @@ struct Columns<'a> {
     size: Vec<Option<i64>>,
     etag: Vec<Option<&'a str>>,
     content_type: Vec<Option<&'a str>>,
-    user_metadata: Vec<Json<&'a Map<String, Value>>>,
-    system_metadata: Vec<Json<&'a Map<String, Value>>>,
+    /// JSON object text, cast to jsonb by the statement.
+    user_metadata: Vec<&'a str>,
+    system_metadata: Vec<&'a str>,
     event_name: Vec<&'a str>,
     event_time: Vec<time::OffsetDateTime>,
     sequencer: Vec<i64>,
@@ -493,7 +496,7 @@ impl<'a> Columns<'a> {
         }
     }
 
-    fn push(&mut self, change: &'a Change, empty: &'a Map<String, Value>) {
+    fn push(&mut self, change: &'a Change) {
         self.bucket.push(&change.object.bucket);
         self.key.push(&change.object.key);
         self.event_name.push(&change.event_name);
@@ -505,8 +508,8 @@ impl<'a> Columns<'a> {
                 self.size.push(state.size);
                 self.etag.push(state.etag.as_deref());
                 self.content_type.push(state.content_type.as_deref());
-                self.user_metadata.push(Json(&state.user_metadata));
-                self.system_metadata.push(Json(&state.system_metadata));
+                self.user_metadata.push(state.user_metadata.as_json());
+                self.system_metadata.push(state.system_metadata.as_json());
                 self.deleted_at.push(None);
                 self.version_guard.push(false);
             }
@@ -518,8 +521,8 @@ impl<'a> Columns<'a> {
                 self.size.push(None);
                 self.etag.push(None);
                 self.content_type.push(None);
-                self.user_metadata.push(Json(empty));
-                self.system_metadata.push(Json(empty));
+                self.user_metadata.push(EMPTY_OBJECT);
+                self.system_metadata.push(EMPTY_OBJECT);
                 self.deleted_at.push(Some(change.event_time));
                 self.version_guard.push(*only_if_current_version);
             }
@@ -531,10 +534,9 @@ async fn upsert(client: &impl GenericClient, changes: &[Change]) -> Result<Write
     if changes.is_empty() {
         return Ok(WriteReport::default());
     }
-    let empty = Map::new();
     let mut columns = Columns::with_capacity(changes.len());
     for change in changes {
-        columns.push(change, &empty);
+        columns.push(change);
     }
     let statement = client
         .prepare_cached(UPSERT_SQL)
@@ -647,11 +649,8 @@ fn change_as_json(change: &Change) -> Value {
         fields.insert("size".into(), state.size.into());
         fields.insert("eTag".into(), state.etag.clone().into());
         fields.insert("contentType".into(), state.content_type.clone().into());
-        fields.insert("userMetadata".into(), state.user_metadata.clone().into());
-        fields.insert(
-            "systemMetadata".into(),
-            state.system_metadata.clone().into(),
-        );
+        fields.insert("userMetadata".into(), state.user_metadata.to_value());
+        fields.insert("systemMetadata".into(), state.system_metadata.to_value());
     }
     json
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
@@ -100,10 +100,13 @@ const PLAIN_UPSERT_SQL: &str = r#"
 INSERT INTO object_metadata AS t (
     bucket, key, version_id, size, etag, content_type, user_metadata,
     system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
-SELECT u.*, now() FROM unnest(
+SELECT u.bucket, u.key, u.version_id, u.size, u.etag, u.content_type, u.user_metadata::jsonb,
+       u.system_metadata::jsonb, u.event_name, u.event_time, u.sequencer, u.deleted_at, now()
+FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-    $7::jsonb[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::int8[],
-    $12::timestamptz[]) AS u
+    $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
+    $12::timestamptz[]) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
+                             system_metadata, event_name, event_time, sequencer, deleted_at)
 ON CONFLICT (bucket, key) DO UPDATE SET
     version_id = excluded.version_id, size = excluded.size, etag = excluded.etag,
     content_type = excluded.content_type, user_metadata = excluded.user_metadata,
@@ -118,7 +121,7 @@ WHERE excluded.sequencer > t.sequencer
 const TEMP_TABLE_SQL: &str = r#"
 CREATE TEMP TABLE IF NOT EXISTS bench_incoming (
     bucket text, key text, version_id text, size int8, etag text, content_type text,
-    user_metadata jsonb, system_metadata jsonb, event_name text, event_time timestamptz,
+    user_metadata text, system_metadata text, event_name text, event_time timestamptz,
     sequencer int8, deleted_at timestamptz, version_guard bool
 ) ON COMMIT DELETE ROWS
 "#;
@@ -131,8 +134,8 @@ WITH written AS (
     INSERT INTO object_metadata AS t (
         bucket, key, version_id, size, etag, content_type, user_metadata,
         system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
-    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata,
-           i.system_metadata, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
+    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
+           i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
     FROM bench_incoming i
     WHERE NOT i.version_guard OR NOT EXISTS (
         SELECT 1 FROM object_metadata o
@@ -159,8 +162,8 @@ const COPY_TYPES: [Type; 13] = [
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
-    Type::JSONB,
-    Type::JSONB,
+    Type::TEXT,
+    Type::TEXT,
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::INT8,
@@ -269,8 +272,7 @@ async fn write(
     prepared: &tokio_postgres::Statement,
     changes: &[Change],
 ) -> anyhow::Result<()> {
-    let empty = Map::new();
-    let columns = Columns::new(changes, &empty);
+    let columns = Columns::new(changes);
     let tx = client.transaction().await?;
     match statement {
         Statement::Objmeta => {

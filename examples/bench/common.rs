@@ -7,8 +7,6 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use serde_json::{Map, Value};
-use tokio_postgres::types::Json;
 use tokio_postgres::{Client, NoTls};
 
 use objmeta::config::DatabaseConfig;
@@ -131,8 +129,9 @@ pub struct Columns<'a> {
     pub size: Vec<Option<i64>>,
     pub etag: Vec<Option<&'a str>>,
     pub content_type: Vec<Option<&'a str>>,
-    pub user_metadata: Vec<Json<&'a Map<String, Value>>>,
-    pub system_metadata: Vec<Json<&'a Map<String, Value>>>,
+    /// JSON object text, cast to jsonb by the statements.
+    pub user_metadata: Vec<&'a str>,
+    pub system_metadata: Vec<&'a str>,
     pub event_name: Vec<&'a str>,
     pub event_time: Vec<time::OffsetDateTime>,
     pub sequencer: Vec<i64>,
@@ -141,15 +140,15 @@ pub struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    pub fn new(changes: &'a [Change], empty: &'a Map<String, Value>) -> Self {
+    pub fn new(changes: &'a [Change]) -> Self {
         let mut columns = Columns::default();
         for change in changes {
-            columns.push(change, empty);
+            columns.push(change);
         }
         columns
     }
 
-    fn push(&mut self, change: &'a Change, empty: &'a Map<String, Value>) {
+    fn push(&mut self, change: &'a Change) {
         self.bucket.push(&change.object.bucket);
         self.key.push(&change.object.key);
         self.event_name.push(&change.event_name);
@@ -161,8 +160,8 @@ impl<'a> Columns<'a> {
                 self.size.push(state.size);
                 self.etag.push(state.etag.as_deref());
                 self.content_type.push(state.content_type.as_deref());
-                self.user_metadata.push(Json(&state.user_metadata));
-                self.system_metadata.push(Json(&state.system_metadata));
+                self.user_metadata.push(state.user_metadata.as_json());
+                self.system_metadata.push(state.system_metadata.as_json());
                 self.deleted_at.push(None);
                 self.version_guard.push(false);
             }
@@ -174,8 +173,8 @@ impl<'a> Columns<'a> {
                 self.size.push(None);
                 self.etag.push(None);
                 self.content_type.push(None);
-                self.user_metadata.push(Json(empty));
-                self.system_metadata.push(Json(empty));
+                self.user_metadata.push("{}");
+                self.system_metadata.push("{}");
                 self.deleted_at.push(Some(change.event_time));
                 self.version_guard.push(*only_if_current_version);
             }

@@ -9,8 +9,7 @@ use anyhow::{bail, Context};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::Message;
-use serde_json::{json, Map, Value};
-use tokio_postgres::types::Json;
+use serde_json::{json, Value};
 
 use objmeta::event::{Action, Change};
 
@@ -51,7 +50,7 @@ const SINGLE_ROW_UPSERT_SQL: &str = r#"
 INSERT INTO object_metadata AS t (
     bucket, key, version_id, size, etag, content_type, user_metadata,
     system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9, $10, $11, $12, now())
 ON CONFLICT (bucket, key) DO UPDATE SET
     version_id = excluded.version_id, size = excluded.size, etag = excluded.etag,
     content_type = excluded.content_type, user_metadata = excluded.user_metadata,
@@ -74,7 +73,6 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .context("creating the naive consumer")?;
     consumer.subscribe(&[&args.topic])?;
     let deadline = Instant::now() + args.timeout;
-    let empty = Map::new();
     let (mut messages, mut rows) = (0u64, 0u64);
     let mut started = None;
     while messages < args.messages && started.is_none_or(|s: Instant| s.elapsed() < args.max_time) {
@@ -92,7 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         if let Ok(parsed) = objmeta::event::parse(message.payload()) {
             for change in &parsed.changes {
                 let (version_id, size, etag, content_type, user, system, deleted_at) =
-                    columns(change, &empty);
+                    columns(change);
                 client
                     .execute(
                         &statement,
@@ -139,20 +137,20 @@ type RowColumns<'a> = (
     Option<i64>,
     Option<&'a str>,
     Option<&'a str>,
-    Json<&'a Map<String, Value>>,
-    Json<&'a Map<String, Value>>,
+    &'a str,
+    &'a str,
     Option<time::OffsetDateTime>,
 );
 
-fn columns<'a>(change: &'a Change, empty: &'a Map<String, Value>) -> RowColumns<'a> {
+fn columns(change: &Change) -> RowColumns<'_> {
     match &change.action {
         Action::Upsert(s) => (
             s.version_id.as_deref(),
             s.size,
             s.etag.as_deref(),
             s.content_type.as_deref(),
-            Json(&s.user_metadata),
-            Json(&s.system_metadata),
+            s.user_metadata.as_json(),
+            s.system_metadata.as_json(),
             None,
         ),
         Action::Remove { version_id, .. } => (
@@ -160,8 +158,8 @@ fn columns<'a>(change: &'a Change, empty: &'a Map<String, Value>) -> RowColumns<
             None,
             None,
             None,
-            Json(empty),
-            Json(empty),
+            "{}",
+            "{}",
             Some(change.event_time),
         ),
     }

@@ -15,6 +15,7 @@ pub use wire::{Bucket, Envelope, Identity, Object, Record, Source, UserMetadata,
 use serde::de::DeserializeSeed;
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -64,9 +65,45 @@ pub struct ObjectState {
     pub etag: Option<String>,
     pub content_type: Option<String>,
     /// `x-amz-meta-*` entries: prefix (matched case-insensitively) stripped, key lower-cased.
-    pub user_metadata: serde_json::Map<String, serde_json::Value>,
+    pub user_metadata: Metadata,
     /// Every other `userMetadata` entry (`content-type`, `cache-control`, …), key lower-cased.
-    pub system_metadata: serde_json::Map<String, serde_json::Value>,
+    pub system_metadata: Metadata,
+}
+
+/// A metadata object as JSON text, e.g. `{"api":"https://…","id":"1843"}`: keys
+/// unique and sorted, values strings.
+///
+/// Kept as text because objmeta only hands it to PostgreSQL (as jsonb): one
+/// string per object is far cheaper to build, hold in a batch and free than a
+/// map with an allocation per entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata(String);
+
+impl Metadata {
+    fn from_entries(entries: &BTreeMap<String, &str>) -> Self {
+        // Serializing strings into a String cannot fail.
+        Metadata(serde_json::to_string(entries).unwrap_or_else(|_| "{}".to_string()))
+    }
+
+    /// The JSON object text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == "{}"
+    }
+
+    /// The object as a JSON value (for tests and dead-letter payloads).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata("{}".to_string())
+    }
 }
 
 /// Event families, for metrics labels: a small fixed set, never the raw event name.
@@ -332,15 +369,13 @@ fn object_state(
     })
 }
 
-type MetadataMap = serde_json::Map<String, serde_json::Value>;
-
 /// Splits `userMetadata` into user (`x-amz-meta-*`) and system entries, keys lower-cased.
 ///
 /// Keys that collide after lower-casing (`X-Amz-Meta-Id` and `x-amz-meta-id`) resolve the same
 /// way whatever the JSON order: the value of the original key that sorts greatest in byte order
 /// wins (for an exactly repeated key, the greatest value). Lower-casing is Unicode, like Go's
 /// `strings.ToLower`.
-fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(MetadataMap, MetadataMap), ParseError> {
+fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(Metadata, Metadata), ParseError> {
     if let Some((key, found)) = &metadata.not_text {
         let error = ParseError::NotString { found };
         return Err(ParseError::at(format!("s3.object.userMetadata[{key:?}]"))(
@@ -349,19 +384,21 @@ fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(MetadataMap, MetadataM
     }
     let mut entries: Vec<&(Cow<'_, str>, Cow<'_, str>)> = metadata.entries.iter().collect();
     entries.sort_unstable();
-    let (mut user, mut system) = (MetadataMap::new(), MetadataMap::new());
+    let (mut user, mut system) = (BTreeMap::new(), BTreeMap::new());
     for (key, value) in entries {
         if key.contains('\0') || value.contains('\0') {
             let field = format!("s3.object.userMetadata[{key:?}]");
             return Err(ParseError::at(field)(ParseError::NulCharacter));
         }
-        let value = serde_json::Value::String(value.to_string());
         match strip_user_prefix(key) {
-            Some(name) => user.insert(name.to_lowercase(), value),
-            None => system.insert(key.to_lowercase(), value),
+            Some(name) => user.insert(name.to_lowercase(), value.as_ref()),
+            None => system.insert(key.to_lowercase(), value.as_ref()),
         };
     }
-    Ok((user, system))
+    Ok((
+        Metadata::from_entries(&user),
+        Metadata::from_entries(&system),
+    ))
 }
 
 /// The rest of `key` after an `x-amz-meta-` prefix in any letter case.
@@ -518,11 +555,12 @@ mod tests {
         result.expect_err("expected a parse error")
     }
 
-    fn strings(pairs: &[(&str, &str)]) -> serde_json::Map<String, Value> {
+    fn strings(pairs: &[(&str, &str)]) -> Value {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect()
+            .collect::<serde_json::Map<String, Value>>()
+            .into()
     }
 
     const OBJ: &str = "/Records/0/s3/object";
@@ -550,7 +588,7 @@ mod tests {
         assert_eq!(state.content_type.as_deref(), Some("image/jpeg"));
         assert!(state.user_metadata.is_empty());
         assert_eq!(
-            state.system_metadata,
+            state.system_metadata.to_value(),
             strings(&[("content-type", "image/jpeg")])
         );
     }
@@ -562,9 +600,9 @@ mod tests {
         assert_eq!(change.object.key, "test-file_apiid.txt");
         let state = upsert(&change);
         let user = strings(&[("api", "https://api.example.com/v1"), ("id", "1843")]);
-        assert_eq!(state.user_metadata, user);
+        assert_eq!(state.user_metadata.to_value(), user);
         assert_eq!(
-            state.system_metadata,
+            state.system_metadata.to_value(),
             strings(&[("content-type", "text/plain")])
         );
         assert_eq!(state.version_id, None);
@@ -577,7 +615,7 @@ mod tests {
         assert_eq!(copy.event_name, "s3:ObjectCreated:Copy");
         assert_eq!(copy.object, put.object);
         assert!(copy.sequencer > put.sequencer);
-        assert_eq!(upsert(&copy).user_metadata["id"], json!("1844"));
+        assert_eq!(upsert(&copy).user_metadata.to_value()["id"], json!("1844"));
     }
 
     #[test]
@@ -1142,13 +1180,13 @@ mod tests {
             ("mixed-case", "M"),
             ("", "empty name"),
         ];
-        assert_eq!(state.user_metadata, strings(&user));
+        assert_eq!(state.user_metadata.to_value(), strings(&user));
         let system = [
             ("content-type", "text/plain"),
             ("cache-control", "no-cache"),
             ("x-amz-tagging", "a=b"),
         ];
-        assert_eq!(state.system_metadata, strings(&system));
+        assert_eq!(state.system_metadata.to_value(), strings(&system));
     }
 
     #[test]
@@ -1163,8 +1201,11 @@ mod tests {
                 single(parse_edited(|m| set(m, &format!("{OBJ}/userMetadata"), meta)).unwrap());
             let state = upsert(&change);
             // "x-amz-meta-id" > "X-Amz-Meta-Id" and "content-type" > "Content-Type" in byte order.
-            assert_eq!(state.user_metadata, strings(&[("id", "lower")]));
-            assert_eq!(state.system_metadata, strings(&[("content-type", "b")]));
+            assert_eq!(state.user_metadata.to_value(), strings(&[("id", "lower")]));
+            assert_eq!(
+                state.system_metadata.to_value(),
+                strings(&[("content-type", "b")])
+            );
         }
         for order in [r#"{"Id": "1", "Id": "2"}"#, r#"{"Id": "2", "Id": "1"}"#] {
             let text = serde_json::to_string(&message()).unwrap().replace(
@@ -1172,7 +1213,10 @@ mod tests {
                 order,
             );
             let change = single(parse(Some(text.as_bytes())).unwrap());
-            assert_eq!(upsert(&change).system_metadata, strings(&[("id", "2")]));
+            assert_eq!(
+                upsert(&change).system_metadata.to_value(),
+                strings(&[("id", "2")])
+            );
         }
     }
 
@@ -1343,7 +1387,10 @@ mod tests {
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert!(!text.contains("versionId"));
         let change = single(parse(Some(text.as_bytes())).unwrap());
-        assert_eq!(upsert(&change).user_metadata["id"], json!("1843"));
+        assert_eq!(
+            upsert(&change).user_metadata.to_value()["id"],
+            json!("1843")
+        );
     }
 
     #[test]

@@ -491,8 +491,8 @@ impl RowState {
                 size: state.size,
                 etag: state.etag.clone(),
                 content_type: state.content_type.clone(),
-                user_metadata: state.user_metadata.clone().into(),
-                system_metadata: state.system_metadata.clone().into(),
+                user_metadata: state.user_metadata.to_value(),
+                system_metadata: state.system_metadata.to_value(),
                 event_name: change.event_name.clone(),
             },
             Action::Remove { version_id, .. } => RowState {

@@ -2,6 +2,7 @@
 //! signals, runs the chosen subcommand and maps its result to an exit code.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -9,11 +10,33 @@ use tracing_subscriber::EnvFilter;
 
 use objmeta::config::{Cli, Command, LogFormat};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the exit waits for background work still running (a Kafka
+/// client that stopped answering must not keep the process alive).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let result = match cli.command {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run_command(cli.command));
+    runtime.shutdown_timeout(EXIT_GRACE);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "objmeta stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run(config) => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -26,13 +49,6 @@ async fn main() -> ExitCode {
             .map(|applied| tracing::info!(applied, "migrations done"))
             .map_err(anyhow::Error::from),
         Command::Produce(args) => objmeta::produce::run(*args).await.map(|_| ()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "objmeta stopped");
-            ExitCode::FAILURE
-        }
     }
 }
 

@@ -12,6 +12,7 @@ use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Run
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres_openssl::MakeTlsConnector;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 
 use crate::batch::{DeadLetter, WriteBatch};
 use crate::config::DatabaseConfig;
@@ -458,28 +459,29 @@ impl Sink {
     }
 }
 
-/// Column arrays for the upsert, borrowed from the changes.
-#[derive(Default)]
-struct Columns<'a> {
-    bucket: Vec<&'a str>,
-    key: Vec<&'a str>,
-    version_id: Vec<Option<&'a str>>,
-    size: Vec<Option<i64>>,
-    etag: Vec<Option<&'a str>>,
-    content_type: Vec<Option<&'a str>>,
+/// Column arrays for the upsert (`UPSERT_SQL`'s parameters, in order),
+/// borrowed from the changes. Public for the benchmark's statement shapes.
+pub struct UpsertColumns<'a> {
+    pub bucket: Vec<&'a str>,
+    pub key: Vec<&'a str>,
+    pub version_id: Vec<Option<&'a str>>,
+    pub size: Vec<Option<i64>>,
+    pub etag: Vec<Option<&'a str>>,
+    pub content_type: Vec<Option<&'a str>>,
     /// JSON object text, cast to jsonb by the statement.
-    user_metadata: Vec<&'a str>,
-    system_metadata: Vec<&'a str>,
-    event_name: Vec<&'a str>,
-    event_time: Vec<time::OffsetDateTime>,
-    sequencer: Vec<i64>,
-    deleted_at: Vec<Option<time::OffsetDateTime>>,
-    version_guard: Vec<bool>,
+    pub user_metadata: Vec<&'a str>,
+    pub system_metadata: Vec<&'a str>,
+    pub event_name: Vec<&'a str>,
+    pub event_time: Vec<time::OffsetDateTime>,
+    pub sequencer: Vec<i64>,
+    pub deleted_at: Vec<Option<time::OffsetDateTime>>,
+    pub version_guard: Vec<bool>,
 }
 
-impl<'a> Columns<'a> {
-    fn with_capacity(n: usize) -> Self {
-        Columns {
+impl<'a> UpsertColumns<'a> {
+    pub fn new(changes: &'a [Change]) -> Self {
+        let n = changes.len();
+        let mut columns = UpsertColumns {
             bucket: Vec::with_capacity(n),
             key: Vec::with_capacity(n),
             version_id: Vec::with_capacity(n),
@@ -493,7 +495,30 @@ impl<'a> Columns<'a> {
             sequencer: Vec::with_capacity(n),
             deleted_at: Vec::with_capacity(n),
             version_guard: Vec::with_capacity(n),
+        };
+        for change in changes {
+            columns.push(change);
         }
+        columns
+    }
+
+    /// The statement's parameters, `$1` to `$13`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        [
+            &self.bucket,
+            &self.key,
+            &self.version_id,
+            &self.size,
+            &self.etag,
+            &self.content_type,
+            &self.user_metadata,
+            &self.system_metadata,
+            &self.event_name,
+            &self.event_time,
+            &self.sequencer,
+            &self.deleted_at,
+            &self.version_guard,
+        ]
     }
 
     fn push(&mut self, change: &'a Change) {
@@ -534,33 +559,13 @@ async fn upsert(client: &impl GenericClient, changes: &[Change]) -> Result<Write
     if changes.is_empty() {
         return Ok(WriteReport::default());
     }
-    let mut columns = Columns::with_capacity(changes.len());
-    for change in changes {
-        columns.push(change);
-    }
+    let columns = UpsertColumns::new(changes);
     let statement = client
         .prepare_cached(UPSERT_SQL)
         .await
         .map_err(SinkError::postgres("prepare upsert"))?;
     let row = client
-        .query_one(
-            &statement,
-            &[
-                &columns.bucket,
-                &columns.key,
-                &columns.version_id,
-                &columns.size,
-                &columns.etag,
-                &columns.content_type,
-                &columns.user_metadata,
-                &columns.system_metadata,
-                &columns.event_name,
-                &columns.event_time,
-                &columns.sequencer,
-                &columns.deleted_at,
-                &columns.version_guard,
-            ],
-        )
+        .query_one(&statement, &columns.params())
         .await
         .map_err(SinkError::postgres("upsert objects"))?;
     let upserted = count(row.get::<_, i64>(0));

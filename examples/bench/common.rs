@@ -10,7 +10,6 @@ use rdkafka::config::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
 use objmeta::config::DatabaseConfig;
-use objmeta::event::{Action, Change};
 
 /// objmeta's own statement, so that the ceiling's baseline shape is the one objmeta sends.
 pub use objmeta::sink::UPSERT_SQL as OBJMETA_UPSERT_SQL;
@@ -120,85 +119,8 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Column arrays for objmeta's upsert, borrowed from the changes (as sink.rs builds them).
-#[derive(Default)]
-pub struct Columns<'a> {
-    pub bucket: Vec<&'a str>,
-    pub key: Vec<&'a str>,
-    pub version_id: Vec<Option<&'a str>>,
-    pub size: Vec<Option<i64>>,
-    pub etag: Vec<Option<&'a str>>,
-    pub content_type: Vec<Option<&'a str>>,
-    /// JSON object text, cast to jsonb by the statements.
-    pub user_metadata: Vec<&'a str>,
-    pub system_metadata: Vec<&'a str>,
-    pub event_name: Vec<&'a str>,
-    pub event_time: Vec<time::OffsetDateTime>,
-    pub sequencer: Vec<i64>,
-    pub deleted_at: Vec<Option<time::OffsetDateTime>>,
-    pub version_guard: Vec<bool>,
-}
-
-impl<'a> Columns<'a> {
-    pub fn new(changes: &'a [Change]) -> Self {
-        let mut columns = Columns::default();
-        for change in changes {
-            columns.push(change);
-        }
-        columns
-    }
-
-    fn push(&mut self, change: &'a Change) {
-        self.bucket.push(&change.object.bucket);
-        self.key.push(&change.object.key);
-        self.event_name.push(&change.event_name);
-        self.event_time.push(change.event_time);
-        self.sequencer.push(change.sequencer);
-        match &change.action {
-            Action::Upsert(state) => {
-                self.version_id.push(state.version_id.as_deref());
-                self.size.push(state.size);
-                self.etag.push(state.etag.as_deref());
-                self.content_type.push(state.content_type.as_deref());
-                self.user_metadata.push(state.user_metadata.as_json());
-                self.system_metadata.push(state.system_metadata.as_json());
-                self.deleted_at.push(None);
-                self.version_guard.push(false);
-            }
-            Action::Remove {
-                version_id,
-                only_if_current_version,
-            } => {
-                self.version_id.push(version_id.as_deref());
-                self.size.push(None);
-                self.etag.push(None);
-                self.content_type.push(None);
-                self.user_metadata.push("{}");
-                self.system_metadata.push("{}");
-                self.deleted_at.push(Some(change.event_time));
-                self.version_guard.push(*only_if_current_version);
-            }
-        }
-    }
-
-    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
-        [
-            &self.bucket,
-            &self.key,
-            &self.version_id,
-            &self.size,
-            &self.etag,
-            &self.content_type,
-            &self.user_metadata,
-            &self.system_metadata,
-            &self.event_name,
-            &self.event_time,
-            &self.sequencer,
-            &self.deleted_at,
-            &self.version_guard,
-        ]
-    }
-}
+/// Column arrays for objmeta's upsert, exactly as objmeta builds them.
+pub use objmeta::sink::UpsertColumns as Columns;
 
 /// CPU time (user + system, children that were waited for included) of a process, seconds.
 pub fn cpu_seconds(pid: u32, with_children: bool) -> Option<f64> {

@@ -8,7 +8,7 @@
 
 mod workload;
 
-pub use workload::{guide_scenario, workload, ProducedMessage, Workload, WorkloadSpec};
+pub use workload::{event_time, guide_scenario, workload, ProducedMessage, Workload, WorkloadSpec};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};

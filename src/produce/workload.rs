@@ -450,8 +450,8 @@ fn string_map<'a, const N: usize>(
         .collect()
 }
 
-/// MinIO's `eventTime` layout, `2006-01-02T15:04:05.000Z`.
-fn event_time(unix_ns: i64) -> Result<String, ProduceError> {
+/// MinIO's `eventTime` layout, `2006-01-02T15:04:05.000Z` (milliseconds, UTC).
+pub fn event_time(unix_ns: i64) -> Result<String, ProduceError> {
     let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
         .map_err(|e| ProduceError::Encode(format!("event time {unix_ns} ns: {e}")))?;
     Ok(format!(

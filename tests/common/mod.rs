@@ -595,19 +595,8 @@ pub fn minio_message(
     if let Some(version_id) = version_id {
         object["versionId"] = version_id.into();
     }
-    let millis = (sequencer / 1_000_000) as i64;
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .expect("time");
-    let event_time = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        time.year(),
-        u8::from(time.month()),
-        time.day(),
-        time.hour(),
-        time.minute(),
-        time.second(),
-        time.millisecond()
-    );
+    let nanos = i64::try_from(sequencer).expect("sequencer fits i64");
+    let event_time = objmeta::produce::event_time(nanos).expect("event time");
     let key = format!("{bucket}/{raw_key}");
     let payload = serde_json::json!({
         "EventName": event_name,

@@ -319,9 +319,19 @@ impl TestBed {
         for partition in 0..self.partitions {
             list.add_partition(&self.topic, partition);
         }
-        let committed = consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .expect("committed offsets");
+        // A fresh broker answers NotCoordinator / CoordinatorLoadInProgress
+        // while it sets up the offsets topic: ask again for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let committed = loop {
+            match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+                Ok(committed) => break committed,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("committed offsets not available yet: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("committed offsets: {e}"),
+            }
+        };
         (0..self.partitions)
             .map(
                 |p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {

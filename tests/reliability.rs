@@ -64,24 +64,13 @@ async fn crash_loop_of_sigkills_loses_nothing() {
     let expected = oracle(messages.iter().map(|(_, p)| p.as_slice()));
     let started = Instant::now();
 
-    // Three quarters of the stream are waiting when the loop starts, the rest flows
-    // during it: there is always uncommitted work to kill.
-    let bed = std::sync::Arc::new(bed);
+    // Three quarters of the stream are waiting when the loop starts; the rest is
+    // published a slice at a time, each slice just before a kill, so that there is
+    // uncommitted work to kill however fast objmeta catches up.
     let (backlog, flowing) = messages.split_at(messages.len() * 3 / 4);
     bed.publish(backlog).await;
-    let published = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(backlog.len() as i64));
-    let publisher = {
-        let (bed, published) = (bed.clone(), published.clone());
-        let flowing = flowing.to_vec();
-        let pause = Duration::from_millis(500);
-        tokio::spawn(async move {
-            for slice in flowing.chunks(flowing.len().div_ceil(kills)) {
-                bed.publish(slice).await;
-                published.fetch_add(slice.len() as i64, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(pause).await;
-            }
-        })
-    };
+    let mut slices = flowing.chunks(flowing.len().div_ceil(kills).max(1));
+    let mut published = backlog.len() as i64;
 
     // Static membership: a restarted member takes its partitions back at
     // once instead of waiting for the killed one's session to expire.
@@ -98,13 +87,15 @@ async fn crash_loop_of_sigkills_loses_nothing() {
             "the restarted member to commit",
             || async {
                 let now = bed.committed_offsets();
-                let done = publisher.is_finished()
-                    && common_sum(&now) == published.load(std::sync::atomic::Ordering::SeqCst);
-                (now != before || done).then_some(())
+                (now != before || common_sum(&now) == published).then_some(())
             },
         )
         .await;
-        let moment = Duration::from_millis(rng.random_range(0..300));
+        if let Some(slice) = slices.next() {
+            bed.publish(slice).await;
+            published += slice.len() as i64;
+        }
+        let moment = Duration::from_millis(rng.random_range(0..120));
         tokio::time::sleep(moment).await;
         assert!(
             service.running(),
@@ -112,13 +103,14 @@ async fn crash_loop_of_sigkills_loses_nothing() {
             service.log()
         );
         service.kill();
-        let committed = common_sum(&bed.committed_offsets());
-        if committed < published.load(std::sync::atomic::Ordering::SeqCst) {
+        if common_sum(&bed.committed_offsets()) < published {
             mid_stream += 1;
         }
         service = bed.spawn_binary(&args);
     }
-    publisher.await.unwrap();
+    for slice in slices {
+        bed.publish(slice).await;
+    }
     bed.wait_committed(messages.len() as i64, Duration::from_secs(240))
         .await;
     let status = service.terminate(Duration::from_secs(60)).await;

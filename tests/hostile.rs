@@ -23,9 +23,6 @@ enum Outcome {
     Skipped(String, String),
 }
 
-/// A dead_letters row: offset, message key, payload, reason.
-type DeadLetter = (i64, Option<Vec<u8>>, Option<Vec<u8>>, String);
-
 struct Case {
     label: &'static str,
     payload: Option<Vec<u8>>,
@@ -343,16 +340,7 @@ async fn hostile_messages_end_as_dead_letters_or_correct_rows() {
     service.stop().await.unwrap();
 
     let db = bed.db().await;
-    let dead: Vec<DeadLetter> = db
-        .query(
-            r#"SELECT "offset", message_key, payload, reason FROM dead_letters ORDER BY "offset""#,
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+    let dead = bed.dead_letters().await;
     let mut failures = Vec::new();
     let mut checked = 0;
     for (offset, case) in cases.iter().enumerate() {

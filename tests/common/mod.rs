@@ -217,27 +217,22 @@ impl TestBed {
 
     /// Runs the built `objmeta run` binary, logging to a file.
     pub fn spawn_binary(&self, extra: &[&str]) -> Binary {
-        let http_port = free_port();
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_objmeta"))
-            .arg("run")
-            .args(extra)
-            .env("KAFKA_BROKERS", &self.services.brokers)
-            .env("KAFKA_TOPIC", &self.topic)
-            .env("KAFKA_GROUP_ID", &self.group)
-            .env("DATABASE_URL", &self.services.database_url)
-            .env("DATABASE_SCHEMA", &self.schema)
-            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("log file handle"))
-            .spawn()
-            .expect("spawn objmeta");
-        Binary {
-            child,
-            http_port,
-            log,
-        }
+        self.spawn_binary_env(extra, &[])
+    }
+
+    /// The dead-letter rows, by offset: offset, message key, payload, reason.
+    pub async fn dead_letters(&self) -> Vec<DeadLetterRow> {
+        self.db()
+            .await
+            .query(
+                r#"SELECT "offset", message_key, payload, reason FROM dead_letters ORDER BY "offset""#,
+                &[],
+            )
+            .await
+            .expect("read dead_letters")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
     }
 
     /// Publishes `(message key, payload)` pairs in order; keys choose the
@@ -474,6 +469,9 @@ impl Drop for Binary {
         self.kill();
     }
 }
+
+/// A dead_letters row: offset, message key, payload, reason.
+pub type DeadLetterRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>, String);
 
 /// A row of object_metadata, in a form tests can compare.
 #[derive(Clone, Debug, PartialEq)]

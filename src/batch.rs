@@ -102,11 +102,6 @@ impl Batch {
         self.partitions.is_empty()
     }
 
-    /// How long the oldest message of the batch has waited.
-    pub fn age(&self) -> Duration {
-        self.started.map_or(Duration::ZERO, |t| t.elapsed())
-    }
-
     /// When the batch reaches `max_age`, or `None` while it is empty.
     pub fn deadline(&self, max_age: Duration) -> Option<Instant> {
         self.started.map(|t| t + max_age)

@@ -5,8 +5,9 @@
 //! transaction holding every message before it has committed. The pipeline
 //! records such offsets with [`Context::record_written`] and asks the
 //! [`Committer`] thread to commit them; when partitions are revoked, the
-//! rebalance callback commits the written offsets of those partitions
-//! before they move to another member.
+//! rebalance callback waits (briefly) for their in-flight writes and commits
+//! the written offsets of those partitions before they move to another
+//! member.
 //!
 //! Commits are synchronous, on the committer thread, because librdkafka
 //! reports nothing back for rust-rdkafka's asynchronous commits (the commit
@@ -15,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -50,15 +51,24 @@ pub struct Context {
     metrics: Metrics,
     events: UnboundedSender<RebalanceEvent>,
     /// Per partition, the next offset to commit for work already written,
-    /// and the offset last committed.
+    /// the offset last committed, and the batch writes in flight.
     offsets: Mutex<PartitionOffsets>,
+    /// Signalled when a batch write ends, for a revoke waiting on it.
+    write_ended: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct PartitionOffsets {
     written: HashMap<i32, i64>,
     committed: HashMap<i32, i64>,
+    writing: HashMap<i32, usize>,
 }
+
+/// How long a revoke waits for the in-flight writes of its partitions, so
+/// that their offsets are committed before the partitions move. Past it
+/// (the database is down), the partitions move and the new owner writes the
+/// same messages again, which is harmless.
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
 
 impl Context {
     /// Remembers offsets whose messages are durable in the database.
@@ -121,6 +131,42 @@ impl Context {
         list
     }
 
+    /// Marks a batch write of these partitions as in flight.
+    pub fn begin_write(&self, partitions: impl Iterator<Item = i32>) {
+        let mut state = self.lock_offsets();
+        for partition in partitions {
+            *state.writing.entry(partition).or_default() += 1;
+        }
+    }
+
+    /// The write of these partitions ended (its offsets, if it succeeded,
+    /// were recorded just before): wakes a revoke waiting for it.
+    pub fn end_write(&self, partitions: impl Iterator<Item = i32>) {
+        let mut state = self.lock_offsets();
+        for partition in partitions {
+            if let Some(count) = state.writing.get_mut(&partition) {
+                *count -= 1;
+                if *count == 0 {
+                    state.writing.remove(&partition);
+                }
+            }
+        }
+        drop(state);
+        self.write_ended.notify_all();
+    }
+
+    /// Waits until no write of these partitions is in flight, or `timeout`.
+    fn wait_for_writes(&self, partitions: &[i32], timeout: Duration) -> bool {
+        let state = self.lock_offsets();
+        let (_state, waited) = self
+            .write_ended
+            .wait_timeout_while(state, timeout, |state| {
+                partitions.iter().any(|p| state.writing.contains_key(p))
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        !waited.timed_out()
+    }
+
     fn forget(&self, partitions: &[i32]) {
         let mut state = self.lock_offsets();
         for partition in partitions {
@@ -179,6 +225,9 @@ impl ConsumerContext for Context {
             return;
         }
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        if !self.wait_for_writes(&partitions, REVOKE_WAIT) {
+            tracing::warn!(?partitions, wait = ?REVOKE_WAIT, "revoking while a write of these partitions still runs; the new owner re-reads its messages");
+        }
         match self.commit_written(consumer, Some(&partitions)) {
             Ok(()) => tracing::info!(?partitions, "committed written offsets before revoke"),
             Err(e) => {
@@ -250,6 +299,7 @@ pub fn subscribe(
         metrics,
         events,
         offsets: Mutex::new(PartitionOffsets::default()),
+        write_ended: Condvar::new(),
     };
     let consumer: KafkaConsumer = client.create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;

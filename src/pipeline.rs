@@ -227,15 +227,23 @@ impl Pipeline {
             result,
             ..
         } = written;
-        result.map_err(Error::Database)?;
+        let partitions = || commit_offsets.iter().map(|&(partition, _)| partition);
+        if let Err(e) = result {
+            self.consumer.context().end_write(partitions());
+            return Err(Error::Database(e));
+        }
         while let Ok(event) = self.rebalances.try_recv() {
             self.on_rebalance(event);
         }
         let owned: Vec<(i32, i64)> = commit_offsets
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|(partition, _)| self.assigned.contains(partition))
             .collect();
+        // Record the offsets before ending the write: a revoke waiting for
+        // it commits them before its partitions move.
         self.committer.commit(&self.consumer, &owned);
+        self.consumer.context().end_write(partitions());
         self.health.progressed();
         Ok(())
     }
@@ -278,6 +286,8 @@ impl Pipeline {
         self.metrics
             .batch_rows
             .observe((batch.changes.len() + batch.dead_letters.len()) as f64);
+        let partitions = batch.commit_offsets.iter().map(|&(partition, _)| partition);
+        self.consumer.context().begin_write(partitions);
         self.writes.spawn(self.writer.clone().write(index, batch));
     }
 

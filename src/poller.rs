@@ -20,6 +20,7 @@
 //! callbacks without depending on the async loop, and moves JSON parsing
 //! off the loop that writes to the database.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -123,32 +124,31 @@ struct Feed<'a> {
 
 impl Feed<'_> {
     fn run(&self, stop: &AtomicBool) {
-        // A message polled but not yet accepted by the pipeline.
-        let mut held: Option<Polled> = None;
+        // Messages polled but not yet accepted by the pipeline, oldest first.
+        // More than one is possible while paused: a poll that only serves
+        // callbacks may still return a message buffered before the pause,
+        // or one of a partition assigned since.
+        let mut held: VecDeque<Polled> = VecDeque::new();
         let mut paused: Option<TopicPartitionList> = None;
         while !stop.load(Ordering::Relaxed) {
-            if let Some(polled) = held.take() {
-                let wait = if paused.is_some() {
-                    PAUSED_WAIT
-                } else {
-                    PAUSE_AFTER
-                };
-                match self.offer(polled, wait) {
-                    Offer::Taken => {}
-                    Offer::Closed => return, // the pipeline is gone
-                    Offer::Full(polled) => held = Some(polled),
-                }
+            let wait = if paused.is_some() {
+                PAUSED_WAIT
+            } else {
+                PAUSE_AFTER
+            };
+            if !hand_over(&mut held, |polled| self.offer(polled, wait)) {
+                return; // the pipeline is gone
             }
-            paused = update_pause(self.consumer, self.metrics, paused, held.is_some());
-            if held.is_some() {
-                // Paused: poll only to serve callbacks and stay in the group;
-                // a message still buffered before the pause is held too.
-                if let Some(polled) = self.poll(Duration::ZERO) {
-                    held = Some(polled);
-                }
-                continue;
+            paused = update_pause(self.consumer, self.metrics, paused, !held.is_empty());
+            // While behind, poll only to serve callbacks and stay in the group.
+            let timeout = if held.is_empty() {
+                POLL_TIMEOUT
+            } else {
+                Duration::ZERO
+            };
+            if let Some(polled) = self.poll(timeout) {
+                held.push_back(polled);
             }
-            held = self.poll(POLL_TIMEOUT);
         }
     }
 
@@ -184,6 +184,22 @@ enum Offer {
     Taken,
     Full(Polled),
     Closed,
+}
+
+/// Offers the held messages in order and keeps, in order, those the
+/// pipeline had no room for. `false` when the pipeline is gone.
+fn hand_over(held: &mut VecDeque<Polled>, mut offer: impl FnMut(Polled) -> Offer) -> bool {
+    while let Some(polled) = held.pop_front() {
+        match offer(polled) {
+            Offer::Taken => {}
+            Offer::Full(polled) => {
+                held.push_front(polled);
+                return true;
+            }
+            Offer::Closed => return false,
+        }
+    }
+    true
 }
 
 /// Pauses the current assignment while the pipeline is behind (again when
@@ -256,5 +272,51 @@ fn contribution(message: &BorrowedMessage<'_>, metrics: &Metrics) -> (Origin, Co
             };
             (origin, Contribution::DeadLetter(dead_letter))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Contribution;
+
+    fn message(offset: i64) -> Polled {
+        let origin = Origin {
+            partition: 0,
+            offset,
+        };
+        Ok((origin, Contribution::Changes(Vec::new())))
+    }
+
+    fn offsets(held: &VecDeque<Polled>) -> Vec<i64> {
+        held.iter()
+            .map(|polled| polled.as_ref().map_or(-1, |(origin, _)| origin.offset))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_pipeline_keeps_every_held_message_in_order() {
+        let mut held: VecDeque<Polled> = (1..=4).map(message).collect();
+        let mut taken = Vec::new();
+        let accepted = hand_over(&mut held, |polled| {
+            if taken.len() == 2 {
+                return Offer::Full(polled);
+            }
+            if let Ok((origin, _)) = &polled {
+                taken.push(origin.offset);
+            }
+            Offer::Taken
+        });
+        assert!(accepted);
+        assert_eq!(taken, vec![1, 2]);
+        assert_eq!(offsets(&held), vec![3, 4]);
+        assert!(hand_over(&mut held, |_| Offer::Taken));
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_closed_pipeline_stops_the_hand_over() {
+        let mut held: VecDeque<Polled> = (1..=2).map(message).collect();
+        assert!(!hand_over(&mut held, |_| Offer::Closed));
     }
 }

@@ -17,6 +17,7 @@ pub mod poller;
 pub mod produce;
 pub mod retry;
 pub mod sink;
+pub mod tls;
 pub mod writer;
 
 use std::sync::Arc;

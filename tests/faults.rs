@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{differences, http_get, oracle, wait_until, PrivateServices, TestBed};
+use common::{assert_table_matches, http_get, oracle, wait_until, PrivateServices, TestBed};
 use objmeta::produce::{workload, WorkloadSpec};
 
 fn stream(count: u64, seed: u64) -> Vec<(String, Vec<u8>)> {
@@ -167,13 +167,7 @@ async fn database_outage_mid_stream_keeps_membership_commits_nothing_unwritten_a
 
     let expected = oracle(messages.iter().map(|(_, p)| p.as_slice()));
     let actual = bed.table().await;
-    let diff = differences(&expected, &actual);
-    assert!(
-        diff.is_empty(),
-        "{} differences: {:?}",
-        diff.len(),
-        &diff[..diff.len().min(5)]
-    );
+    assert_table_matches(&expected, &actual);
     let dead: i64 = bed
         .db()
         .await
@@ -224,13 +218,7 @@ async fn broker_restart_mid_stream_reconnects_and_loses_nothing() {
 
     let expected = oracle(messages.iter().map(|(_, p)| p.as_slice()));
     let actual = bed.table().await;
-    let diff = differences(&expected, &actual);
-    assert!(
-        diff.is_empty(),
-        "{} differences: {:?}",
-        diff.len(),
-        &diff[..diff.len().min(5)]
-    );
+    assert_table_matches(&expected, &actual);
     eprintln!(
         "broker restart: broker away {down:.1?} mid-stream, {} messages, {kafka_errors:?} kafka errors seen, \
          reconnected by itself, {} rows checked, 0 mismatches",

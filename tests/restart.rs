@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{differences, oracle, TestBed};
+use common::{assert_table_matches, oracle, TestBed};
 use objmeta::produce::{workload, WorkloadSpec};
 use rand::Rng;
 
@@ -65,12 +65,6 @@ async fn sigkill_at_random_moments_loses_nothing() {
     );
 
     let actual = bed.table().await;
-    let diff = differences(&expected, &actual);
-    assert!(
-        diff.is_empty(),
-        "{} differences, first: {:?}",
-        diff.len(),
-        &diff[..diff.len().min(5)]
-    );
+    assert_table_matches(&expected, &actual);
     assert_eq!(actual.len(), expected.len());
 }

@@ -14,6 +14,15 @@ use objmeta::config::DatabaseConfig;
 /// objmeta's own statement, so that the ceiling's baseline shape is the one objmeta sends.
 pub use objmeta::sink::UPSERT_SQL as OBJMETA_UPSERT_SQL;
 
+/// The broker and topic every Kafka-side subcommand works on.
+#[derive(clap::Args, Clone)]
+pub struct KafkaArgs {
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    #[arg(long)]
+    pub topic: String,
+}
+
 /// Schema names are built by scripts/bench; anything else is refused before it reaches SQL
 /// (identifiers cannot be bound parameters).
 pub fn check_identifier(name: &str) -> anyhow::Result<&str> {

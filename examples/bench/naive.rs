@@ -17,10 +17,8 @@ use crate::common;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "KAFKA_BROKERS")]
-    brokers: String,
-    #[arg(long)]
-    topic: String,
+    #[command(flatten)]
+    kafka: common::KafkaArgs,
     #[arg(long)]
     group: String,
     #[arg(long, env = "DATABASE_URL")]
@@ -65,13 +63,13 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let client = common::connect(&args.database_url, &args.schema).await?;
     let statement = client.prepare(SINGLE_ROW_UPSERT_SQL).await?;
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+        .set("bootstrap.servers", &args.kafka.brokers)
         .set("group.id", &args.group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the naive consumer")?;
-    consumer.subscribe(&[&args.topic])?;
+    consumer.subscribe(&[&args.kafka.topic])?;
     let deadline = Instant::now() + args.timeout;
     let (mut messages, mut rows) = (0u64, 0u64);
     let mut started = None;

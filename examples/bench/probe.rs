@@ -24,10 +24,8 @@ use crate::wait::now_ns;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "KAFKA_BROKERS")]
-    brokers: String,
-    #[arg(long)]
-    topic: String,
+    #[command(flatten)]
+    kafka: common::KafkaArgs,
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
     /// objmeta's schema.
@@ -151,8 +149,7 @@ async fn sql_delays(client: &tokio_postgres::Client) -> anyhow::Result<Value> {
 }
 
 struct ReaderArgs {
-    brokers: String,
-    topic: String,
+    kafka: common::KafkaArgs,
     messages: u64,
     sample_every: u64,
     ready_file: PathBuf,
@@ -161,8 +158,7 @@ struct ReaderArgs {
 impl From<&Args> for ReaderArgs {
     fn from(args: &Args) -> Self {
         ReaderArgs {
-            brokers: args.brokers.clone(),
-            topic: args.topic.clone(),
+            kafka: args.kafka.clone(),
             messages: args.messages,
             sample_every: args.sample_every.max(1),
             ready_file: args.ready_file.clone(),
@@ -178,21 +174,21 @@ fn read_topic(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<u64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", format!("{}-probe", args.topic))
+        .set("bootstrap.servers", &args.kafka.brokers)
+        .set("group.id", format!("{}-probe", args.kafka.topic))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()
         .context("creating the probe's reader")?;
-    let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
+    let metadata = consumer.fetch_metadata(Some(&args.kafka.topic), Duration::from_secs(10))?;
     let mut list = TopicPartitionList::new();
     for topic in metadata.topics() {
         for partition in topic.partitions() {
-            list.add_partition_offset(&args.topic, partition.id(), Offset::Beginning)?;
+            list.add_partition_offset(&args.kafka.topic, partition.id(), Offset::Beginning)?;
         }
     }
     if list.count() == 0 {
-        bail!("probe: topic {} has no partitions", args.topic);
+        bail!("probe: topic {} has no partitions", args.kafka.topic);
     }
     consumer.assign(&list)?;
     let _ = consumer.poll(Duration::from_millis(200));

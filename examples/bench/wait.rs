@@ -11,14 +11,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::common::{cpu_seconds, machine_jiffies, status_kib, tree_cpu_seconds};
+use crate::common::{self, cpu_seconds, machine_jiffies, status_kib, tree_cpu_seconds};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, env = "KAFKA_BROKERS")]
-    brokers: String,
-    #[arg(long)]
-    topic: String,
+    #[command(flatten)]
+    kafka: common::KafkaArgs,
     #[arg(long)]
     group: String,
     /// A label for the report (e.g. distinct, mix, scale-out).
@@ -63,12 +61,12 @@ impl Others {
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+        .set("bootstrap.servers", &args.kafka.brokers)
         .set("group.id", &args.group)
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the offset reader")?;
-    let partitions = tokio::task::block_in_place(|| end_offsets(&consumer, &args.topic))?;
+    let partitions = tokio::task::block_in_place(|| end_offsets(&consumer, &args.kafka.topic))?;
     let end: i64 = partitions.iter().map(|(_, high)| high).sum();
     let before = Others::sample(&args);
     let since = args.since_ns.unwrap_or_else(now_ns);
@@ -97,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             bail!(
                 "stalled: group {} committed {committed} of {end} offsets of {} and nothing moved for {:?} (the replicas are still running)",
                 args.group,
-                args.topic,
+                args.kafka.topic,
                 args.stall_timeout
             );
         }
@@ -105,7 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             bail!(
                 "timeout: group {} committed {committed} of {end} offsets of {} after {:?}",
                 args.group,
-                args.topic,
+                args.kafka.topic,
                 args.timeout
             );
         }
@@ -185,7 +183,7 @@ fn committed(
 ) -> anyhow::Result<i64> {
     let mut list = TopicPartitionList::new();
     for (partition, _) in partitions {
-        list.add_partition(&args.topic, *partition);
+        list.add_partition(&args.kafka.topic, *partition);
     }
     let committed = consumer
         .committed_offsets(list, Duration::from_secs(10))
@@ -194,7 +192,7 @@ fn committed(
         .iter()
         .map(|(partition, high)| {
             match committed
-                .find_partition(&args.topic, *partition)
+                .find_partition(&args.kafka.topic, *partition)
                 .map(|e| e.offset())
             {
                 Some(Offset::Offset(n)) => n.min(*high),

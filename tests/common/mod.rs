@@ -562,6 +562,20 @@ pub fn differences(
     out
 }
 
+/// Fails with the first differences when the table is not the oracle's.
+pub fn assert_table_matches(
+    expected: &BTreeMap<ObjectId, RowState>,
+    actual: &BTreeMap<ObjectId, RowState>,
+) {
+    let diff = differences(expected, actual);
+    assert!(
+        diff.is_empty(),
+        "{} differences, first: {:?}",
+        diff.len(),
+        &diff[..diff.len().min(5)]
+    );
+}
+
 /// Reads a fixture message from `tests/fixtures`.
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo_root().join("tests/fixtures").join(name)).expect("fixture")

@@ -1,22 +1,27 @@
 //! The Kafka side: consumer configuration, the consumer context (rebalance
-//! and commit callbacks) and offset commits.
+//! and statistics callbacks) and offset commits.
 //!
 //! Commit contract: an offset is committed only after the database
-//! transaction holding every message before it has committed. The pipeline
-//! records such offsets with [`Context::record_written`] and asks the
-//! [`Committer`] thread to commit them; when partitions are revoked, the
-//! rebalance callback waits (briefly) for their in-flight writes and commits
-//! the written offsets of those partitions before they move to another
-//! member.
+//! transaction holding every message before it has committed. The pipeline's
+//! [`crate::offsets::Ledger`] is the only place that knows which offsets
+//! those are; the [`Committer`] thread commits the snapshots the pipeline
+//! hands it, and a revoke callback commits what the pipeline answers it.
+//!
+//! Rebalance callbacks run inside the consumer's poll, on the poller thread.
+//! Each one advances the [`Context`]'s epoch before telling the pipeline, and
+//! the poller stamps every message with the epoch current when it was polled,
+//! so the pipeline can refuse a message polled before its partition was
+//! lost and assigned again, whatever order the two channels deliver in.
 //!
 //! Commits are synchronous, on the committer thread, because librdkafka
 //! reports nothing back for rust-rdkafka's asynchronous commits (the commit
 //! callback is never invoked, rust-rdkafka issue #856): a synchronous
 //! commit is the only way to count failures and know what was committed.
 
-use std::collections::HashMap;
-use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -28,40 +33,41 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
+use crate::offsets::{Epoch, RevokeReply};
 
 /// The consumer type used throughout objmeta: polled by the poller thread,
-/// paused and resumed by the pipeline, committed by the committer thread
-/// (librdkafka's handle is thread-safe).
+/// paused and resumed by it, committed by the committer thread (librdkafka's
+/// handle is thread-safe).
 pub type KafkaConsumer = BaseConsumer<Context>;
 
 /// A change of this member's assignment, delivered to the pipeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    /// Revoked partitions: their written offsets are already committed.
-    Revoked(Vec<i32>),
+    /// Messages of these partitions polled under `epoch` or later belong to
+    /// this assignment.
+    Assigned { partitions: Vec<i32>, epoch: Epoch },
+    /// The callback waits (briefly) on `reply` for the written offsets of
+    /// these partitions, commits them, and lets the partitions move.
+    Revoked {
+        partitions: Vec<i32>,
+        reply: RevokeReply,
+    },
     /// Partitions taken away without a chance to commit (session lost).
     Lost(Vec<i32>),
 }
 
 /// Callbacks librdkafka runs from inside the consumer's poll, on the poller
-/// thread: a rebalance event is sent before any message polled after it.
+/// thread.
 pub struct Context {
     topic: String,
     metrics: Metrics,
     events: UnboundedSender<RebalanceEvent>,
-    /// Per partition, the next offset to commit for work already written,
-    /// the offset last committed, and the batch writes in flight.
-    offsets: Mutex<PartitionOffsets>,
-    /// Signalled when a batch write ends, for a revoke waiting on it.
-    write_ended: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct PartitionOffsets {
-    written: HashMap<i32, i64>,
-    committed: HashMap<i32, i64>,
-    writing: HashMap<i32, usize>,
+    /// Advanced by every rebalance callback; read by the poller after each
+    /// poll to stamp the message it returned.
+    epoch: AtomicU64,
+    /// The offsets last committed successfully, so that unchanged ones are
+    /// not committed again.
+    committed: Mutex<BTreeMap<i32, i64>>,
 }
 
 /// How long a revoke waits for the in-flight writes of its partitions, so
@@ -71,46 +77,41 @@ struct PartitionOffsets {
 const REVOKE_WAIT: Duration = Duration::from_secs(5);
 
 impl Context {
-    /// Remembers offsets whose messages are durable in the database.
-    pub fn record_written(&self, offsets: &[(i32, i64)]) {
-        let mut state = self.lock_offsets();
-        for &(partition, offset) in offsets {
-            let entry = state.written.entry(partition).or_insert(offset);
-            *entry = (*entry).max(offset);
-        }
+    /// The epoch now: a message polled now belongs to the assignments made
+    /// at or before it.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch.load(Ordering::Acquire)
     }
 
-    fn lock_offsets(&self) -> std::sync::MutexGuard<'_, PartitionOffsets> {
-        self.offsets.lock().unwrap_or_else(PoisonError::into_inner)
+    fn next_epoch(&self) -> Epoch {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Synchronously commits the written offsets not committed yet, of the
-    /// given partitions (all when `None`).
-    pub fn commit_written<C: Consumer<Context>>(
+    /// Synchronously commits those of `offsets` that differ from what was
+    /// committed last.
+    pub fn commit<C: Consumer<Context>>(
         &self,
         consumer: &C,
-        partitions: Option<&[i32]>,
+        offsets: &[(i32, i64)],
     ) -> KafkaResult<()> {
         let pending: Vec<(i32, i64)> = {
-            let state = self.lock_offsets();
-            state
-                .written
+            let committed = self.lock_committed();
+            offsets
                 .iter()
-                .filter(|(partition, _)| partitions.is_none_or(|wanted| wanted.contains(partition)))
-                .filter(|(partition, offset)| state.committed.get(partition) != Some(offset))
-                .map(|(&partition, &offset)| (partition, offset))
+                .copied()
+                .filter(|(partition, offset)| committed.get(partition) != Some(offset))
                 .collect()
         };
         if pending.is_empty() {
             return Ok(());
         }
-        let result = consumer.commit(&self.offset_list(pending.iter().copied()), CommitMode::Sync);
+        let result = consumer.commit(&self.offset_list(&pending), CommitMode::Sync);
         match &result {
             Ok(()) => {
                 self.metrics.commits.with_label_values(&["ok"]).inc();
-                let mut state = self.lock_offsets();
+                let mut committed = self.lock_committed();
                 for &(partition, offset) in &pending {
-                    state.committed.insert(partition, offset);
+                    committed.insert(partition, offset);
                     self.metrics
                         .committed_offset
                         .with_label_values(&[&partition.to_string()])
@@ -122,56 +123,25 @@ impl Context {
         result
     }
 
-    fn offset_list(&self, offsets: impl Iterator<Item = (i32, i64)>) -> TopicPartitionList {
+    fn lock_committed(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, i64>> {
+        lock(&self.committed)
+    }
+
+    fn offset_list(&self, offsets: &[(i32, i64)]) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
-        for (partition, offset) in offsets {
+        for &(partition, offset) in offsets {
             // Adding an offset to a fresh list cannot fail.
             let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
         }
         list
     }
 
-    /// Marks a batch write of these partitions as in flight.
-    pub fn begin_write(&self, partitions: impl Iterator<Item = i32>) {
-        let mut state = self.lock_offsets();
-        for partition in partitions {
-            *state.writing.entry(partition).or_default() += 1;
-        }
-    }
-
-    /// The write of these partitions ended (its offsets, if it succeeded,
-    /// were recorded just before): wakes a revoke waiting for it.
-    pub fn end_write(&self, partitions: impl Iterator<Item = i32>) {
-        let mut state = self.lock_offsets();
-        for partition in partitions {
-            if let Some(count) = state.writing.get_mut(&partition) {
-                *count -= 1;
-                if *count == 0 {
-                    state.writing.remove(&partition);
-                }
-            }
-        }
-        drop(state);
-        self.write_ended.notify_all();
-    }
-
-    /// Waits until no write of these partitions is in flight, or `timeout`.
-    fn wait_for_writes(&self, partitions: &[i32], timeout: Duration) -> bool {
-        let state = self.lock_offsets();
-        let (_state, waited) = self
-            .write_ended
-            .wait_timeout_while(state, timeout, |state| {
-                partitions.iter().any(|p| state.writing.contains_key(p))
-            })
-            .unwrap_or_else(PoisonError::into_inner);
-        !waited.timed_out()
-    }
-
+    /// Forgets what was committed for partitions that moved away: when they
+    /// come back, their group offset may have been moved by another member.
     fn forget(&self, partitions: &[i32]) {
-        let mut state = self.lock_offsets();
+        let mut committed = self.lock_committed();
         for partition in partitions {
-            state.written.remove(partition);
-            state.committed.remove(partition);
+            committed.remove(partition);
         }
     }
 
@@ -179,6 +149,24 @@ impl Context {
         // The receiver lives as long as the pipeline; after it is gone
         // nobody needs the event.
         let _ = self.events.send(event);
+    }
+
+    /// Asks the pipeline for the written offsets of revoked partitions
+    /// (it answers once their in-flight writes end) and commits them.
+    fn revoke<C: Consumer<Context>>(&self, consumer: &C, partitions: Vec<i32>) {
+        let (reply, answer) = sync_channel(1);
+        self.send(RebalanceEvent::Revoked {
+            partitions: partitions.clone(),
+            reply,
+        });
+        match answer.recv_timeout(REVOKE_WAIT) {
+            Ok(offsets) => match self.commit(consumer, &offsets) {
+                Ok(()) => tracing::info!(?partitions, "committed written offsets before revoke"),
+                Err(e) => tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit"),
+            },
+            Err(_) => tracing::warn!(?partitions, wait = ?REVOKE_WAIT, "revoking while a write of these partitions still runs; the new owner re-reads its messages"),
+        }
+        self.forget(&partitions);
     }
 }
 
@@ -214,6 +202,7 @@ impl ConsumerContext for Context {
             return;
         };
         let partitions = partitions_of(list);
+        self.next_epoch();
         if consumer.assignment_lost() {
             self.metrics.rebalances.with_label_values(&["lost"]).inc();
             tracing::warn!(
@@ -225,23 +214,17 @@ impl ConsumerContext for Context {
             return;
         }
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-        if !self.wait_for_writes(&partitions, REVOKE_WAIT) {
-            tracing::warn!(?partitions, wait = ?REVOKE_WAIT, "revoking while a write of these partitions still runs; the new owner re-reads its messages");
-        }
-        match self.commit_written(consumer, Some(&partitions)) {
-            Ok(()) => tracing::info!(?partitions, "committed written offsets before revoke"),
-            Err(e) => {
-                tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit")
-            }
-        }
-        self.forget(&partitions);
-        self.send(RebalanceEvent::Revoked(partitions));
+        self.revoke(consumer, partitions);
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             self.metrics.rebalances.with_label_values(&["assign"]).inc();
-            self.send(RebalanceEvent::Assigned(partitions_of(list)));
+            let epoch = self.next_epoch();
+            self.send(RebalanceEvent::Assigned {
+                partitions: partitions_of(list),
+                epoch,
+            });
         }
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         self.metrics
@@ -298,18 +281,19 @@ pub fn subscribe(
         topic: config.topic.clone(),
         metrics,
         events,
-        offsets: Mutex::new(PartitionOffsets::default()),
-        write_ended: Condvar::new(),
+        epoch: AtomicU64::new(0),
+        committed: Mutex::new(BTreeMap::new()),
     };
     let consumer: KafkaConsumer = client.create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     Ok((Arc::new(consumer), receiver))
 }
 
-/// Commits written offsets on its own thread, so that the main loop never
-/// waits for the broker. Requests coalesce: each commit takes the newest
-/// written offsets.
+/// Commits offsets on its own thread, so that the main loop never waits for
+/// the broker. Requests coalesce: each commit takes the newest snapshot the
+/// pipeline handed over.
 pub struct Committer {
+    latest: Arc<Mutex<Vec<(i32, i64)>>>,
     requests: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -320,6 +304,8 @@ const COMMIT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 impl Committer {
     pub fn spawn(consumer: Arc<KafkaConsumer>) -> std::io::Result<Self> {
         let (requests, receiver) = std::sync::mpsc::channel::<()>();
+        let latest = Arc::new(Mutex::new(Vec::new()));
+        let snapshot = latest.clone();
         let thread = std::thread::Builder::new()
             .name("objmeta-committer".into())
             .spawn(move || {
@@ -338,7 +324,8 @@ impl Committer {
                         break;
                     }
                     while receiver.try_recv().is_ok() {}
-                    failed = match consumer.context().commit_written(consumer.as_ref(), None) {
+                    let offsets = lock(&snapshot).clone();
+                    failed = match consumer.context().commit(consumer.as_ref(), &offsets) {
                         Ok(()) => false,
                         Err(e) => {
                             tracing::warn!(error = %e, retry_in = ?COMMIT_RETRY_INTERVAL, "offset commit failed; retrying");
@@ -348,27 +335,34 @@ impl Committer {
                 }
             })?;
         Ok(Committer {
+            latest,
             requests: Some(requests),
             thread: Some(thread),
         })
     }
 
-    /// Records offsets as written and asks for them to be committed.
-    pub fn commit(&self, consumer: &KafkaConsumer, offsets: &[(i32, i64)]) {
-        consumer.context().record_written(offsets);
+    /// Hands over the offsets that may be committed now (the ledger's whole
+    /// snapshot) and asks for them to be committed.
+    pub fn commit(&self, offsets: Vec<(i32, i64)>) {
+        *lock(&self.latest) = offsets;
         if let Some(requests) = &self.requests {
             // The thread only stops after `finish`, so sending cannot fail.
             let _ = requests.send(());
         }
     }
 
-    /// Stops the thread after its last commit, then commits whatever is
-    /// still uncommitted and waits for the broker's answer.
+    /// Stops the thread after its last commit, then commits the last
+    /// snapshot and waits for the broker's answer.
     pub fn finish(mut self, consumer: &KafkaConsumer) -> KafkaResult<()> {
         self.requests = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        consumer.context().commit_written(consumer, None)
+        let offsets = lock(&self.latest).clone();
+        consumer.context().commit(consumer, &offsets)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod migrate;
+pub mod offsets;
 pub mod pipeline;
 pub mod poller;
 pub mod produce;

@@ -3,30 +3,30 @@
 //! Partitions are spread over a few write lanes (`partition % lanes`). Each
 //! lane accumulates its own batch and has at most one write in flight, run
 //! by a spawned task on its own connection, so several transactions run
-//! at once while fetching and parsing continue. Lanes never share a
-//! partition, so each partition's offsets are committed exactly when the
-//! transaction holding its messages has committed, and only for partitions
-//! this member still owns. When a lane's next batch is full before its write
-//! finishes, the loop stops taking messages; the poller then waits and, if
-//! that lasts, pauses fetching (and keeps polling), which bounds memory.
+//! at once while fetching and parsing continue. What may be committed is
+//! decided by the [`Ledger`] alone: it takes a message only when it was
+//! polled under its partition's current assignment, and names an offset
+//! only once every message before it in that assignment is written. When a
+//! lane's next batch is full before its write finishes, the loop stops
+//! taking messages; the poller then waits and, if that lasts, pauses
+//! fetching (and keeps polling), which bounds memory.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Contribution, Origin};
+use crate::batch::Batch;
 use crate::error::Error;
 use crate::http::Health;
 use crate::kafka::{Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
-use crate::poller::{Polled, Poller};
+use crate::offsets::{Ledger, WriteTicket};
+use crate::poller::{Consumed, Polled, Poller};
 use crate::sink::Sink;
 use crate::writer::{Writer, Written};
 
@@ -46,12 +46,12 @@ pub struct Settings {
     pub write_lanes: usize,
 }
 
-/// The batch of some partitions, and whether its previous one is being
-/// written.
+/// The batch of some partitions, and the write of its previous one, if it
+/// is still running.
 #[derive(Default)]
 struct Lane {
     batch: Batch,
-    writing: bool,
+    writing: Option<WriteTicket>,
 }
 
 pub struct Pipeline {
@@ -66,7 +66,7 @@ pub struct Pipeline {
     settings: Settings,
     lanes: Vec<Lane>,
     writes: JoinSet<Written>,
-    assigned: BTreeSet<i32>,
+    ledger: Ledger,
 }
 
 impl Pipeline {
@@ -104,7 +104,7 @@ impl Pipeline {
             settings,
             lanes,
             writes: JoinSet::new(),
-            assigned: BTreeSet::new(),
+            ledger: Ledger::default(),
         })
     }
 
@@ -136,7 +136,7 @@ impl Pipeline {
     fn flush_deadline(&self, idle_tick: Duration) -> Instant {
         self.lanes
             .iter()
-            .filter(|lane| !lane.writing)
+            .filter(|lane| lane.writing.is_none())
             .filter_map(|lane| lane.batch.deadline(self.settings.batch_max_age))
             .min()
             .unwrap_or_else(|| Instant::now() + idle_tick)
@@ -148,9 +148,12 @@ impl Pipeline {
 
     fn on_rebalance(&mut self, event: RebalanceEvent) {
         match event {
-            RebalanceEvent::Assigned(partitions) => {
-                tracing::info!(?partitions, "partitions assigned");
-                self.assigned.extend(partitions.iter().copied());
+            RebalanceEvent::Assigned { partitions, epoch } => {
+                tracing::info!(?partitions, epoch, "partitions assigned");
+                // Work left from an earlier ownership never mixes with the
+                // new one (the ledger refuses its messages and results).
+                self.drop_work(&partitions);
+                self.ledger.assign(&partitions, epoch);
                 self.health.set_in_group(true);
             }
             RebalanceEvent::Lost(partitions) => {
@@ -159,42 +162,47 @@ impl Pipeline {
                     "partitions lost; dropping their unwritten work"
                 );
                 self.health.set_in_group(false);
-                self.forget_partitions(&partitions);
+                self.drop_work(&partitions);
+                self.ledger.lose(&partitions);
             }
-            RebalanceEvent::Revoked(partitions) => {
+            RebalanceEvent::Revoked { partitions, reply } => {
                 tracing::info!(
                     ?partitions,
                     "partitions revoked; dropping their unwritten work"
                 );
-                self.forget_partitions(&partitions);
+                self.drop_work(&partitions);
+                self.ledger.revoke(&partitions, reply);
             }
         }
     }
 
-    fn forget_partitions(&mut self, partitions: &[i32]) {
-        for partition in partitions {
-            self.assigned.remove(partition);
-        }
+    fn drop_work(&mut self, partitions: &[i32]) {
         for lane in &mut self.lanes {
             lane.batch.drop_partitions(partitions);
         }
     }
 
-    fn on_consumed(&mut self, consumed: Result<(Origin, Contribution), KafkaError>) {
-        // A rebalance callback sends its event before the poller sends any
-        // later message: apply it first.
+    fn on_consumed(&mut self, polled: Polled) {
+        // Apply the rebalance events sent before this message was polled
+        // (the epoch check below is what makes a late one harmless).
         while let Ok(event) = self.rebalances.try_recv() {
             self.on_rebalance(event);
         }
-        match consumed {
-            Ok((origin, contribution)) if self.assigned.contains(&origin.partition) => {
+        match polled {
+            Ok(Consumed {
+                origin,
+                epoch,
+                contribution,
+            }) if self.ledger.accepts(origin.partition, epoch) => {
                 let lane = self.lane_of(origin.partition);
                 self.lanes[lane].batch.add(origin, contribution);
             }
-            Ok((origin, _)) => {
+            Ok(Consumed { origin, epoch, .. }) => {
                 tracing::debug!(
                     partition = origin.partition,
-                    "message of a partition no longer assigned, skipped"
+                    offset = origin.offset,
+                    epoch,
+                    "message polled under an earlier assignment, skipped"
                 );
             }
             Err(e) => {
@@ -218,32 +226,22 @@ impl Pipeline {
     }
 
     fn on_written(&mut self, written: Written) -> Result<(), Error> {
-        if let Some(lane) = self.lanes.get_mut(written.lane) {
-            lane.writing = false;
-        }
+        let ticket = self
+            .lanes
+            .get_mut(written.lane)
+            .and_then(|lane| lane.writing.take())
+            .unwrap_or_default();
         written.record(&self.metrics);
-        let Written {
-            commit_offsets,
-            result,
-            ..
-        } = written;
-        let partitions = || commit_offsets.iter().map(|&(partition, _)| partition);
-        if let Err(e) = result {
-            self.consumer.context().end_write(partitions());
+        if let Err(e) = written.result {
+            self.ledger.write_failed(&ticket);
             return Err(Error::Database(e));
         }
+        // Events sent before the write ended decide what is still ours.
         while let Ok(event) = self.rebalances.try_recv() {
             self.on_rebalance(event);
         }
-        let owned: Vec<(i32, i64)> = commit_offsets
-            .iter()
-            .copied()
-            .filter(|(partition, _)| self.assigned.contains(partition))
-            .collect();
-        // Record the offsets before ending the write: a revoke waiting for
-        // it commits them before its partitions move.
-        self.committer.commit(&self.consumer, &owned);
-        self.consumer.context().end_write(partitions());
+        self.ledger.write_done(&ticket);
+        self.committer.commit(self.ledger.commit_offsets());
         self.health.progressed();
         Ok(())
     }
@@ -254,7 +252,7 @@ impl Pipeline {
         !self
             .lanes
             .iter()
-            .any(|lane| lane.writing && lane.batch.rows() >= self.settings.batch_max_rows)
+            .any(|lane| lane.writing.is_some() && lane.batch.rows() >= self.settings.batch_max_rows)
     }
 
     /// Starts a write for every idle lane whose batch is full or old enough.
@@ -267,16 +265,15 @@ impl Pipeline {
                 .batch
                 .deadline(self.settings.batch_max_age)
                 .is_some_and(|deadline| deadline <= now);
-            if !lane.writing && (full || old) {
+            if lane.writing.is_none() && (full || old) {
                 self.start_write(index);
             }
         }
     }
 
     fn start_write(&mut self, index: usize) {
-        let lane = &mut self.lanes[index];
-        let batch = lane.batch.take();
-        lane.writing = true;
+        let batch = self.lanes[index].batch.take();
+        self.lanes[index].writing = Some(self.ledger.begin_write(&batch.commit_offsets));
         tracing::debug!(
             lane = index,
             rows = batch.changes.len(),
@@ -286,8 +283,6 @@ impl Pipeline {
         self.metrics
             .batch_rows
             .observe((batch.changes.len() + batch.dead_letters.len()) as f64);
-        let partitions = batch.commit_offsets.iter().map(|&(partition, _)| partition);
-        self.consumer.context().begin_write(partitions);
         self.writes.spawn(self.writer.clone().write(index, batch));
     }
 

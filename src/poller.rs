@@ -37,6 +37,7 @@ use crate::batch::{Contribution, DeadLetter, Origin};
 use crate::event;
 use crate::kafka::KafkaConsumer;
 use crate::metrics::Metrics;
+use crate::offsets::Epoch;
 
 /// How long one poll waits for a message; bounds how quickly the thread
 /// notices that it should stop.
@@ -53,8 +54,17 @@ const PAUSED_WAIT: Duration = Duration::from_millis(50);
 /// poller waits when the pipeline is this far behind.
 const CHANNEL_CAPACITY: usize = 2048;
 
+/// One consumed message: where it came from, the epoch it was polled under
+/// (see `offsets`) and what it contributes to a batch.
+#[derive(Debug)]
+pub struct Consumed {
+    pub origin: Origin,
+    pub epoch: Epoch,
+    pub contribution: Contribution,
+}
+
 /// One poll result, in consumption order.
-pub type Polled = Result<(Origin, Contribution), KafkaError>;
+pub type Polled = Result<Consumed, KafkaError>;
 
 /// Handle on the poller thread.
 pub struct Poller {
@@ -153,8 +163,19 @@ impl Feed<'_> {
     }
 
     fn poll(&self, timeout: Duration) -> Option<Polled> {
-        match self.consumer.poll(timeout)? {
-            Ok(message) => Some(Ok(contribution(&message, self.metrics))),
+        let polled = self.consumer.poll(timeout)?;
+        // Read after the poll: the callbacks it ran have advanced the epoch,
+        // and the message it returned belongs to the assignment they made.
+        let epoch = self.consumer.context().epoch();
+        match polled {
+            Ok(message) => {
+                let (origin, contribution) = contribution(&message, self.metrics);
+                Some(Ok(Consumed {
+                    origin,
+                    epoch,
+                    contribution,
+                }))
+            }
             Err(e) => Some(Err(e)),
         }
     }
@@ -285,12 +306,16 @@ mod tests {
             partition: 0,
             offset,
         };
-        Ok((origin, Contribution::Changes(Vec::new())))
+        Ok(Consumed {
+            origin,
+            epoch: 1,
+            contribution: Contribution::Changes(Vec::new()),
+        })
     }
 
     fn offsets(held: &VecDeque<Polled>) -> Vec<i64> {
         held.iter()
-            .map(|polled| polled.as_ref().map_or(-1, |(origin, _)| origin.offset))
+            .map(|polled| polled.as_ref().map_or(-1, |c| c.origin.offset))
             .collect()
     }
 
@@ -302,8 +327,8 @@ mod tests {
             if taken.len() == 2 {
                 return Offer::Full(polled);
             }
-            if let Ok((origin, _)) = &polled {
-                taken.push(origin.offset);
+            if let Ok(consumed) = &polled {
+                taken.push(consumed.origin.offset);
             }
             Offer::Taken
         });

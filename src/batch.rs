@@ -1,12 +1,29 @@
-//! The "reduce" step: accumulates consumed messages into a batch that keeps
-//! only the newest change per object, the dead letters, and for every
-//! partition the offset to commit once the batch is written.
+//! The "reduce" step: accumulates consumed messages into a batch that keeps,
+//! per object, only what can still decide its row, the dead letters, and
+//! for every partition the offset to commit once the batch is written.
+//!
+//! The ordering rules (README, "Ordering rules") make an object's state a
+//! function of the *set* of its events, so that duplicates, any delivery
+//! order and any batch split end in the same row. An object's state is two
+//! parts, each kept by "newest wins" under one total order ([`OrderKey`]):
+//! - `current`: the newest creation or unconditional removal (delete
+//!   marker, delete without a version id, lifecycle expiration);
+//! - `deleted_versions`: per version id, the newest delete of that one
+//!   version (`ObjectRemoved:Delete` with a `versionId`), kept only while it
+//!   is newer than `current`.
+//!
+//! The object is live when `current` is a creation whose version has no
+//! such delete. The database row holds the same two parts and the upsert
+//! merges them the same way (sink.rs), so merging in the batch first changes
+//! nothing but the number of rows written.
 //!
 //! Pending work is kept per partition so that the work of revoked partitions
 //! can be dropped without touching the others (the new owner reads it again).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+use time::format_description::well_known::Rfc3339;
 
 use crate::event::{Action, Change, EventFamily, ObjectId};
 
@@ -34,13 +51,139 @@ pub enum Contribution {
     DeadLetter(DeadLetter),
 }
 
+/// The total order of an object's changes: sequencer first; at an equal
+/// sequencer a removal beats a creation; then the Kafka position of the
+/// event, which only means "later" within one partition but is a
+/// deterministic tie-break across partitions too (the higher partition
+/// wins). A state without a position (none yet: rows from the bucket itself
+/// in a later version) sorts below any event at the same sequencer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OrderKey {
+    pub sequencer: i64,
+    pub removal: bool,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl OrderKey {
+    pub fn of(change: &Change, origin: Origin) -> Self {
+        OrderKey {
+            sequencer: change.sequencer,
+            removal: matches!(change.action, Action::Remove { .. }),
+            partition: origin.partition,
+            offset: origin.offset,
+        }
+    }
+}
+
+/// Whether `change` deletes one specific version (and so only matters when
+/// that version is the current one).
+pub fn deletes_one_version(change: &Change) -> bool {
+    matches!(
+        change.action,
+        Action::Remove {
+            only_if_current_version: true,
+            ..
+        }
+    )
+}
+
+/// One object's reduced state within a batch.
+#[derive(Debug, Default)]
+struct Reduced {
+    current: Option<(Change, Origin)>,
+    /// Version id -> newest delete of that version, newer than `current`.
+    deleted_versions: BTreeMap<String, (Change, Origin)>,
+}
+
+impl Reduced {
+    /// Adds one change; on an equal key the later one wins (only records of
+    /// one message share a key, and they always reach the same batch).
+    fn add(&mut self, change: Change, origin: Origin) {
+        let key = OrderKey::of(&change, origin);
+        if deletes_one_version(&change) {
+            let version = version_of(&change).unwrap_or_default().to_string();
+            let newer = self
+                .deleted_versions
+                .get(&version)
+                .is_none_or(|(old, o)| key >= OrderKey::of(old, *o));
+            if newer && self.current_key().is_none_or(|current| key > current) {
+                self.deleted_versions.insert(version, (change, origin));
+            }
+            return;
+        }
+        if self.current_key().is_none_or(|current| key >= current) {
+            self.current = Some((change, origin));
+            self.deleted_versions
+                .retain(|_, (old, o)| OrderKey::of(old, *o) > key);
+        }
+    }
+
+    fn current_key(&self) -> Option<OrderKey> {
+        self.current.as_ref().map(|(c, o)| OrderKey::of(c, *o))
+    }
+
+    fn merge(&mut self, other: Reduced) {
+        for (change, origin) in other.current.into_iter() {
+            self.add(change, origin);
+        }
+        for (change, origin) in other.deleted_versions.into_values() {
+            self.add(change, origin);
+        }
+    }
+
+    /// The row to write: the current change (or, when there is none, the
+    /// newest version delete standing in for it) and the version deletes as
+    /// JSON text, in the shape the table keeps them. `None` only for a
+    /// state that never received a change.
+    fn into_row(self) -> Option<(Change, Origin, String)> {
+        let json = deleted_versions_json(&self.deleted_versions);
+        let row = match self.current {
+            Some(current) => current,
+            None => self
+                .deleted_versions
+                .into_values()
+                .max_by_key(|(c, o)| OrderKey::of(c, *o))?,
+        };
+        Some((row.0, row.1, json))
+    }
+}
+
+/// `{"<version id>": {"sequencer": …, "partition": …, "offset": …,
+/// "event_time": "…"}, …}`, or `{}`.
+fn deleted_versions_json(deletes: &BTreeMap<String, (Change, Origin)>) -> String {
+    if deletes.is_empty() {
+        return EMPTY_JSON.to_string();
+    }
+    let entries: serde_json::Map<String, serde_json::Value> = deletes
+        .iter()
+        .map(|(version, (change, origin))| {
+            let entry = serde_json::json!({
+                "sequencer": change.sequencer,
+                "partition": origin.partition,
+                "offset": origin.offset,
+                "event_time": change.event_time.format(&Rfc3339).unwrap_or_default(),
+            });
+            (version.clone(), entry)
+        })
+        .collect();
+    serde_json::Value::Object(entries).to_string()
+}
+
+const EMPTY_JSON: &str = "{}";
+
 /// A batch ready to be written: one row per object, and the offsets that
 /// may be committed once the rows are durable.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
+    /// Per object, its current change, or when the batch has none its
+    /// newest version delete (then a row with no current state).
     pub changes: Vec<Change>,
     /// `origins[i]` is the message `changes[i]` came from.
     pub origins: Vec<Origin>,
+    /// `deleted_versions[i]`: the version deletes of `changes[i]`'s object
+    /// newer than its current change, as JSON object text (`{}` mostly).
+    pub deleted_versions: Vec<String>,
     pub dead_letters: Vec<DeadLetter>,
     /// Per partition, the offset to commit (last consumed offset + 1).
     pub commit_offsets: Vec<(i32, i64)>,
@@ -55,7 +198,7 @@ pub struct WriteBatch {
 
 #[derive(Debug, Default)]
 struct PartitionWork {
-    changes: HashMap<ObjectId, (Change, Origin)>,
+    objects: HashMap<ObjectId, Reduced>,
     dead_letters: Vec<DeadLetter>,
     next_offset: i64,
     messages: u64,
@@ -83,7 +226,10 @@ impl Batch {
                         .families
                         .entry(EventFamily::of(&change.event_name))
                         .or_default() += 1;
-                    merge_into(&mut work.changes, change, origin);
+                    work.objects
+                        .entry(change.object.clone())
+                        .or_default()
+                        .add(change, origin);
                 }
             }
             Contribution::DeadLetter(dead_letter) => work.dead_letters.push(dead_letter),
@@ -94,7 +240,7 @@ impl Batch {
     pub fn rows(&self) -> usize {
         self.partitions
             .values()
-            .map(|w| w.changes.len() + w.dead_letters.len())
+            .map(|w| w.objects.len() + w.dead_letters.len())
             .sum()
     }
 
@@ -129,7 +275,7 @@ impl Batch {
         // The same object normally lives in one partition (MinIO keys its
         // messages by object), but a change of partition count can spread it:
         // merge across partitions so one statement never touches a row twice.
-        let mut merged: HashMap<ObjectId, (Change, Origin)> = HashMap::new();
+        let mut merged: HashMap<ObjectId, Reduced> = HashMap::new();
         for (partition, work) in partitions {
             out.commit_offsets.push((partition, work.next_offset));
             out.messages += work.messages;
@@ -138,10 +284,10 @@ impl Batch {
             }
             out.dead_letters.extend(work.dead_letters);
             if merged.is_empty() {
-                merged = work.changes;
+                merged = work.objects;
             } else {
-                for (change, origin) in work.changes.into_values() {
-                    merge_into(&mut merged, change, origin);
+                for (object, reduced) in work.objects {
+                    merged.entry(object).or_default().merge(reduced);
                 }
             }
         }
@@ -149,44 +295,18 @@ impl Batch {
         // Rows in key order: concurrent transactions (several write lanes)
         // that happen to share keys then lock them in the same order and
         // cannot deadlock; index inserts also get better locality.
-        let mut rows: Vec<(Change, Origin)> = merged.into_values().collect();
+        let mut rows: Vec<(Change, Origin, String)> =
+            merged.into_values().filter_map(Reduced::into_row).collect();
         rows.sort_unstable_by(|a, b| a.0.object.cmp(&b.0.object));
-        (out.changes, out.origins) = rows.into_iter().unzip();
+        out.changes.reserve(rows.len());
+        out.origins.reserve(rows.len());
+        out.deleted_versions.reserve(rows.len());
+        for (change, origin, deleted_versions) in rows {
+            out.changes.push(change);
+            out.origins.push(origin);
+            out.deleted_versions.push(deleted_versions);
+        }
         out
-    }
-}
-
-fn merge_into(pending: &mut HashMap<ObjectId, (Change, Origin)>, change: Change, origin: Origin) {
-    match pending.get_mut(&change.object) {
-        Some(current) => {
-            if supersedes(&change, &current.0) {
-                *current = (change, origin);
-            }
-        }
-        None => {
-            pending.insert(change.object.clone(), (change, origin));
-        }
-    }
-}
-
-/// The ordering rule, the same as the SQL upsert guard: a change applies
-/// when its sequencer is newer, or equal unless it would undo a removal with
-/// a creation. A removal of one specific version applies only while that
-/// version is the current one.
-pub fn supersedes(incoming: &Change, current: &Change) -> bool {
-    if let Action::Remove {
-        version_id,
-        only_if_current_version: true,
-    } = &incoming.action
-    {
-        if version_id.as_deref() != version_of(current) {
-            return false;
-        }
-    }
-    match incoming.sequencer.cmp(&current.sequencer) {
-        std::cmp::Ordering::Greater => true,
-        std::cmp::Ordering::Less => false,
-        std::cmp::Ordering::Equal => is_removal(incoming) || !is_removal(current),
     }
 }
 
@@ -195,10 +315,6 @@ fn version_of(change: &Change) -> Option<&str> {
         Action::Upsert(state) => state.version_id.as_deref(),
         Action::Remove { version_id, .. } => version_id.as_deref(),
     }
-}
-
-fn is_removal(change: &Change) -> bool {
-    matches!(change.action, Action::Remove { .. })
 }
 
 #[cfg(test)]
@@ -246,27 +362,74 @@ mod tests {
         Origin { partition, offset }
     }
 
+    fn reduce(changes: Vec<(Change, Origin)>) -> WriteBatch {
+        let mut batch = Batch::default();
+        for (change, origin) in changes {
+            batch.add(origin, Contribution::Changes(vec![change]));
+        }
+        batch.take()
+    }
+
     #[test]
     fn newer_sequencer_wins_in_any_arrival_order() {
-        let (old, new) = (put("k", 1, None), put("k", 2, None));
-        assert!(supersedes(&new, &old));
-        assert!(!supersedes(&old, &new));
+        for order in [[1, 2], [2, 1]] {
+            let out = reduce(
+                order
+                    .iter()
+                    .map(|&s| (put("k", s, None), origin(0, s)))
+                    .collect(),
+            );
+            assert_eq!(out.changes.len(), 1);
+            assert_eq!(out.changes[0].sequencer, 2);
+        }
     }
 
     #[test]
-    fn equal_sequencer_removal_beats_creation_otherwise_later_wins() {
-        let (created, removed) = (put("k", 5, None), delete("k", 5, None, false));
-        assert!(supersedes(&removed, &created));
-        assert!(!supersedes(&created, &removed));
-        assert!(supersedes(&put("k", 5, Some("v")), &created));
+    fn equal_sequencer_removal_beats_creation_then_later_position() {
+        let out = reduce(vec![
+            (delete("k", 5, None, false), origin(0, 1)),
+            (put("k", 5, None), origin(0, 2)),
+        ]);
+        assert!(matches!(out.changes[0].action, Action::Remove { .. }));
+        let out = reduce(vec![
+            (put("k", 5, Some("b")), origin(0, 9)),
+            (put("k", 5, Some("a")), origin(0, 3)),
+        ]);
+        assert_eq!(version_of(&out.changes[0]), Some("b"));
     }
 
     #[test]
-    fn deleting_an_older_version_leaves_the_current_one() {
-        let current = put("k", 5, Some("v2"));
-        assert!(!supersedes(&delete("k", 9, Some("v1"), true), &current));
-        assert!(supersedes(&delete("k", 9, Some("v2"), true), &current));
-        assert!(supersedes(&delete("k", 9, Some("m1"), false), &current));
+    fn a_version_delete_of_the_current_version_survives_the_reduction() {
+        // The example: Put v1, Put v2, Delete v2 in one batch must
+        // end as one event at a time does (the object is not live).
+        let out = reduce(vec![
+            (put("k", 1, Some("v1")), origin(0, 1)),
+            (put("k", 2, Some("v2")), origin(0, 2)),
+            (delete("k", 3, Some("v2"), true), origin(0, 3)),
+        ]);
+        assert_eq!(version_of(&out.changes[0]), Some("v2"));
+        let deleted: serde_json::Value = serde_json::from_str(&out.deleted_versions[0]).unwrap();
+        assert_eq!(deleted["v2"]["sequencer"], 3);
+    }
+
+    #[test]
+    fn version_deletes_older_than_the_current_state_are_pruned() {
+        let out = reduce(vec![
+            (delete("k", 3, Some("v1"), true), origin(0, 1)),
+            (put("k", 4, Some("v2")), origin(0, 2)),
+        ]);
+        assert_eq!(out.deleted_versions, vec!["{}".to_string()]);
+    }
+
+    #[test]
+    fn only_version_deletes_make_a_row_without_current_state() {
+        let out = reduce(vec![
+            (delete("k", 3, Some("v1"), true), origin(0, 1)),
+            (delete("k", 5, Some("v2"), true), origin(0, 2)),
+        ]);
+        assert!(deletes_one_version(&out.changes[0]));
+        let deleted: serde_json::Value = serde_json::from_str(&out.deleted_versions[0]).unwrap();
+        assert_eq!(deleted.as_object().unwrap().len(), 2);
     }
 
     #[test]
@@ -293,6 +456,7 @@ mod tests {
             .iter()
             .position(|c| c.object.key == "a")
             .unwrap();
+        assert_eq!(out.deleted_versions.len(), out.changes.len());
         assert_eq!(out.changes[a].sequencer, 3);
         assert_eq!(out.origins[a], origin(0, 10));
     }

@@ -13,11 +13,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_object_metadata.sql",
-    sql: include_str!("../sql/0001_object_metadata.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_object_metadata.sql",
+        sql: include_str!("../sql/0001_object_metadata.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_order_by_position.sql",
+        sql: include_str!("../sql/0002_order_by_position.sql"),
+    },
+];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK_KEY: i64 = 0x6f626a6d657461; // "objmeta"

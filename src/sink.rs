@@ -12,53 +12,59 @@ use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Run
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use crate::batch::{DeadLetter, WriteBatch};
+use crate::batch::{deletes_one_version, DeadLetter, Origin, WriteBatch};
 use crate::config::DatabaseConfig;
 use crate::error::{Disposition, SinkError};
 use crate::event::{Action, Change};
 use crate::tls::TlsSettings;
 
-/// Upserts a batch of changes. A row is written only when the incoming
-/// change supersedes the stored one (same rule as `batch::supersedes`):
-/// newer sequencer, or equal unless a creation would undo a removal. A
-/// guarded removal (one specific version deleted) applies only when that
-/// version is the stored one, or when the object was never seen.
-/// Returns how many rows became live and how many became tombstones.
+/// Upserts a batch of object rows (one per object, reduced by batch.rs).
+/// Each row merges into the stored one by the ordering rules: the current
+/// state is replaced only by a strictly newer one (`objmeta_supersedes`,
+/// sql/0002), and the version deletes are merged per version and pruned
+/// against the merged current state. A row whose merge changes nothing is
+/// not updated at all (no new row version, no index churn), which is what
+/// makes redelivered events cheap.
+/// Returns how many rows became, or stayed, live and how many not.
 pub const UPSERT_SQL: &str = r#"
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
-        $12::timestamptz[], $13::bool[]
+        $12::timestamptz[], $13::int4[], $14::int8[], $15::text[]
     ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
-           system_metadata, event_name, event_time, sequencer, deleted_at, version_guard)
+           system_metadata, event_name, event_time, sequencer, deleted_at,
+           kafka_partition, kafka_offset, deleted_versions)
 ), written AS (
     INSERT INTO object_metadata AS t (
         bucket, key, version_id, size, etag, content_type, user_metadata,
-        system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
+        system_metadata, event_name, event_time, sequencer, deleted_at,
+        kafka_partition, kafka_offset, deleted_versions, updated_at)
     SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
-           i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
+           i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at,
+           i.kafka_partition, i.kafka_offset, i.deleted_versions::jsonb, now()
     FROM incoming i
-    WHERE NOT i.version_guard OR NOT EXISTS (
-        SELECT 1 FROM object_metadata o
-        WHERE o.bucket = i.bucket AND o.key = i.key
-          AND o.version_id IS DISTINCT FROM i.version_id)
     ON CONFLICT (bucket, key) DO UPDATE SET
-        version_id = excluded.version_id,
-        size = excluded.size,
-        etag = excluded.etag,
-        content_type = excluded.content_type,
-        user_metadata = excluded.user_metadata,
-        system_metadata = excluded.system_metadata,
-        event_name = excluded.event_name,
-        event_time = excluded.event_time,
-        sequencer = excluded.sequencer,
-        deleted_at = excluded.deleted_at,
+        version_id = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.version_id ELSE t.version_id END,
+        size = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.size ELSE t.size END,
+        etag = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.etag ELSE t.etag END,
+        content_type = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.content_type ELSE t.content_type END,
+        user_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.user_metadata ELSE t.user_metadata END,
+        system_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.system_metadata ELSE t.system_metadata END,
+        event_name = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_name ELSE t.event_name END,
+        event_time = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_time ELSE t.event_time END,
+        sequencer = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.sequencer ELSE t.sequencer END,
+        deleted_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.deleted_at ELSE t.deleted_at END,
+        kafka_partition = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_partition ELSE t.kafka_partition END,
+        kafka_offset = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_offset ELSE t.kafka_offset END,
+        deleted_versions = CASE
+            WHEN excluded.deleted_versions = '{}' AND t.deleted_versions = '{}' THEN t.deleted_versions
+            ELSE objmeta_merged_deleted_versions(excluded, t) END,
         updated_at = excluded.updated_at
-    WHERE excluded.sequencer > t.sequencer
-       OR (excluded.sequencer = t.sequencer
-           AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
-    RETURNING deleted_at IS NULL AS live
+    WHERE objmeta_supersedes(excluded, t)
+       OR (excluded.deleted_versions <> '{}'
+           AND objmeta_merged_deleted_versions(excluded, t) <> t.deleted_versions)
+    RETURNING live
 )
 SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
 "#;
@@ -178,7 +184,7 @@ impl Sink {
             .transaction()
             .await
             .map_err(SinkError::postgres("begin"))?;
-        let mut report = upsert(&tx, &batch.changes).await?;
+        let mut report = upsert(&tx, Rows::of(batch)).await?;
         report.dead_letters = insert_dead_letters(&tx, &self.topic, &batch.dead_letters).await?;
         tx.commit().await.map_err(SinkError::postgres("commit"))?;
         Ok(report)
@@ -204,7 +210,7 @@ impl Sink {
                 .savepoint("rows")
                 .await
                 .map_err(SinkError::postgres("savepoint"))?;
-            match upsert(&savepoint, &batch.changes[range.clone()]).await {
+            match upsert(&savepoint, Rows::of(batch).slice(range.clone())).await {
                 Ok(written) => {
                     savepoint
                         .commit()
@@ -237,7 +243,8 @@ impl Sink {
 }
 
 /// Column arrays for the upsert (`UPSERT_SQL`'s parameters, in order),
-/// borrowed from the changes. Public for the benchmark's statement shapes.
+/// borrowed from the batch's rows. Public for the benchmark's statement
+/// shapes.
 pub struct UpsertColumns<'a> {
     pub bucket: Vec<&'a str>,
     pub key: Vec<&'a str>,
@@ -248,16 +255,53 @@ pub struct UpsertColumns<'a> {
     /// JSON object text, cast to jsonb by the statement.
     pub user_metadata: Vec<&'a str>,
     pub system_metadata: Vec<&'a str>,
-    pub event_name: Vec<&'a str>,
-    pub event_time: Vec<time::OffsetDateTime>,
-    pub sequencer: Vec<i64>,
+    pub event_name: Vec<Option<&'a str>>,
+    pub event_time: Vec<Option<time::OffsetDateTime>>,
+    /// `None` for a row with no current state (only version deletes).
+    pub sequencer: Vec<Option<i64>>,
     pub deleted_at: Vec<Option<time::OffsetDateTime>>,
-    pub version_guard: Vec<bool>,
+    pub kafka_partition: Vec<Option<i32>>,
+    pub kafka_offset: Vec<Option<i64>>,
+    pub deleted_versions: Vec<&'a str>,
+}
+
+/// The rows of a batch (or of a part of it), as the upsert takes them.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub changes: &'a [Change],
+    pub origins: &'a [Origin],
+    pub deleted_versions: &'a [String],
+}
+
+impl<'a> Rows<'a> {
+    pub fn of(batch: &'a WriteBatch) -> Self {
+        Rows {
+            changes: &batch.changes,
+            origins: &batch.origins,
+            deleted_versions: &batch.deleted_versions,
+        }
+    }
+
+    pub fn slice(self, range: std::ops::Range<usize>) -> Self {
+        Rows {
+            changes: &self.changes[range.clone()],
+            origins: &self.origins[range.clone()],
+            deleted_versions: &self.deleted_versions[range],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
 }
 
 impl<'a> UpsertColumns<'a> {
-    pub fn new(changes: &'a [Change]) -> Self {
-        let n = changes.len();
+    pub fn new(rows: Rows<'a>) -> Self {
+        let n = rows.len();
         let mut columns = UpsertColumns {
             bucket: Vec::with_capacity(n),
             key: Vec::with_capacity(n),
@@ -271,16 +315,23 @@ impl<'a> UpsertColumns<'a> {
             event_time: Vec::with_capacity(n),
             sequencer: Vec::with_capacity(n),
             deleted_at: Vec::with_capacity(n),
-            version_guard: Vec::with_capacity(n),
+            kafka_partition: Vec::with_capacity(n),
+            kafka_offset: Vec::with_capacity(n),
+            deleted_versions: Vec::with_capacity(n),
         };
-        for change in changes {
-            columns.push(change);
+        for ((change, origin), deleted_versions) in rows
+            .changes
+            .iter()
+            .zip(rows.origins)
+            .zip(rows.deleted_versions)
+        {
+            columns.push(change, *origin, deleted_versions);
         }
         columns
     }
 
-    /// The statement's parameters, `$1` to `$13`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    /// The statement's parameters, `$1` to `$15`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         [
             &self.bucket,
             &self.key,
@@ -294,16 +345,27 @@ impl<'a> UpsertColumns<'a> {
             &self.event_time,
             &self.sequencer,
             &self.deleted_at,
-            &self.version_guard,
+            &self.kafka_partition,
+            &self.kafka_offset,
+            &self.deleted_versions,
         ]
     }
 
-    fn push(&mut self, change: &'a Change) {
+    fn push(&mut self, change: &'a Change, origin: Origin, deleted_versions: &'a str) {
         self.bucket.push(&change.object.bucket);
         self.key.push(&change.object.key);
-        self.event_name.push(&change.event_name);
-        self.event_time.push(change.event_time);
-        self.sequencer.push(change.sequencer);
+        self.deleted_versions.push(deleted_versions);
+        if deletes_one_version(change) {
+            // No current state in this batch: the version delete is in
+            // `deleted_versions`; the current columns stay empty.
+            self.push_no_current_state();
+            return;
+        }
+        self.event_name.push(Some(&change.event_name));
+        self.event_time.push(Some(change.event_time));
+        self.sequencer.push(Some(change.sequencer));
+        self.kafka_partition.push(Some(origin.partition));
+        self.kafka_offset.push(Some(origin.offset));
         match &change.action {
             Action::Upsert(state) => {
                 self.version_id.push(state.version_id.as_deref());
@@ -313,12 +375,8 @@ impl<'a> UpsertColumns<'a> {
                 self.user_metadata.push(state.user_metadata.as_json());
                 self.system_metadata.push(state.system_metadata.as_json());
                 self.deleted_at.push(None);
-                self.version_guard.push(false);
             }
-            Action::Remove {
-                version_id,
-                only_if_current_version,
-            } => {
+            Action::Remove { version_id, .. } => {
                 self.version_id.push(version_id.as_deref());
                 self.size.push(None);
                 self.etag.push(None);
@@ -326,17 +384,31 @@ impl<'a> UpsertColumns<'a> {
                 self.user_metadata.push(EMPTY_OBJECT);
                 self.system_metadata.push(EMPTY_OBJECT);
                 self.deleted_at.push(Some(change.event_time));
-                self.version_guard.push(*only_if_current_version);
             }
         }
     }
+
+    fn push_no_current_state(&mut self) {
+        self.version_id.push(None);
+        self.size.push(None);
+        self.etag.push(None);
+        self.content_type.push(None);
+        self.user_metadata.push(EMPTY_OBJECT);
+        self.system_metadata.push(EMPTY_OBJECT);
+        self.event_name.push(None);
+        self.event_time.push(None);
+        self.sequencer.push(None);
+        self.deleted_at.push(None);
+        self.kafka_partition.push(None);
+        self.kafka_offset.push(None);
+    }
 }
 
-async fn upsert(client: &impl GenericClient, changes: &[Change]) -> Result<WriteReport, SinkError> {
-    if changes.is_empty() {
+async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteReport, SinkError> {
+    if rows.is_empty() {
         return Ok(WriteReport::default());
     }
-    let columns = UpsertColumns::new(changes);
+    let columns = UpsertColumns::new(rows);
     let statement = client
         .prepare_cached(UPSERT_SQL)
         .await
@@ -350,7 +422,7 @@ async fn upsert(client: &impl GenericClient, changes: &[Change]) -> Result<Write
     Ok(WriteReport {
         upserted,
         tombstoned,
-        stale: (changes.len() as u64).saturating_sub(upserted + tombstoned),
+        stale: (rows.len() as u64).saturating_sub(upserted + tombstoned),
         ..WriteReport::default()
     })
 }

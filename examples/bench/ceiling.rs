@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
+use objmeta::batch::Origin;
 use objmeta::event::Change;
+use objmeta::sink::Rows;
 use objmeta::produce::{workload, Workload, WorkloadSpec};
 
 use crate::common::{self, Columns, OBJMETA_UPSERT_SQL};
@@ -40,12 +40,10 @@ pub struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Statement {
-    /// objmeta's statement: unnest arrays, version guard, RETURNING counted in a CTE.
+    /// objmeta's statement: unnest arrays, the ordering rules, RETURNING counted in a CTE.
     Objmeta,
-    /// The same upsert without the guard subquery and without RETURNING.
+    /// A plain newest-sequencer upsert: no ordering functions, no RETURNING.
     Plain,
-    /// Binary COPY into a temporary table, then objmeta's INSERT … SELECT … ON CONFLICT.
-    CopyTemp,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -59,13 +57,12 @@ impl Shape {
         let statement = match self.statement {
             Statement::Objmeta => "objmeta-unnest",
             Statement::Plain => "plain-unnest",
-            Statement::CopyTemp => "copy-temp",
         };
         format!("{statement}-{}", self.batch)
     }
 }
 
-const SHAPES: [Shape; 7] = [
+const SHAPES: [Shape; 5] = [
     Shape {
         statement: Statement::Objmeta,
         batch: 5000,
@@ -84,14 +81,6 @@ const SHAPES: [Shape; 7] = [
     },
     Shape {
         statement: Statement::Plain,
-        batch: 20000,
-    },
-    Shape {
-        statement: Statement::CopyTemp,
-        batch: 5000,
-    },
-    Shape {
-        statement: Statement::CopyTemp,
         batch: 20000,
     },
 ];
@@ -117,59 +106,6 @@ WHERE excluded.sequencer > t.sequencer
    OR (excluded.sequencer = t.sequencer
        AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
 "#;
-
-const TEMP_TABLE_SQL: &str = r#"
-CREATE TEMP TABLE IF NOT EXISTS bench_incoming (
-    bucket text, key text, version_id text, size int8, etag text, content_type text,
-    user_metadata text, system_metadata text, event_name text, event_time timestamptz,
-    sequencer int8, deleted_at timestamptz, version_guard bool
-) ON COMMIT DELETE ROWS
-"#;
-
-const COPY_SQL: &str = "COPY bench_incoming FROM STDIN (FORMAT binary)";
-
-/// objmeta's upsert reading from the temporary table instead of unnest.
-const COPY_UPSERT_SQL: &str = r#"
-WITH written AS (
-    INSERT INTO object_metadata AS t (
-        bucket, key, version_id, size, etag, content_type, user_metadata,
-        system_metadata, event_name, event_time, sequencer, deleted_at, updated_at)
-    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
-           i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at, now()
-    FROM bench_incoming i
-    WHERE NOT i.version_guard OR NOT EXISTS (
-        SELECT 1 FROM object_metadata o
-        WHERE o.bucket = i.bucket AND o.key = i.key
-          AND o.version_id IS DISTINCT FROM i.version_id)
-    ON CONFLICT (bucket, key) DO UPDATE SET
-        version_id = excluded.version_id, size = excluded.size, etag = excluded.etag,
-        content_type = excluded.content_type, user_metadata = excluded.user_metadata,
-        system_metadata = excluded.system_metadata, event_name = excluded.event_name,
-        event_time = excluded.event_time, sequencer = excluded.sequencer,
-        deleted_at = excluded.deleted_at, updated_at = excluded.updated_at
-    WHERE excluded.sequencer > t.sequencer
-       OR (excluded.sequencer = t.sequencer
-           AND (excluded.deleted_at IS NOT NULL OR t.deleted_at IS NULL))
-    RETURNING deleted_at IS NULL AS live
-)
-SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
-"#;
-
-const COPY_TYPES: [Type; 13] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::BOOL,
-];
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let shapes: Vec<Shape> = SHAPES
@@ -205,9 +141,6 @@ async fn measure(args: &Args, shape: Shape, rows: u64) -> anyhow::Result<Value> 
     let schema = format!("{}_{}", args.schema_prefix, shape.name().replace('-', "_"));
     common::migrate(&args.database_url, &schema).await?;
     let mut client = common::connect(&args.database_url, &schema).await?;
-    if shape.statement == Statement::CopyTemp {
-        client.batch_execute(TEMP_TABLE_SQL).await?;
-    }
     let spec = WorkloadSpec {
         count: rows,
         buckets: args.buckets,
@@ -242,7 +175,6 @@ async fn pass(
     let sql = match shape.statement {
         Statement::Objmeta => OBJMETA_UPSERT_SQL,
         Statement::Plain => PLAIN_UPSERT_SQL,
-        Statement::CopyTemp => COPY_UPSERT_SQL,
     };
     let prepared = client.prepare(sql).await?;
     let mut spent = Duration::ZERO;
@@ -272,7 +204,21 @@ async fn write(
     prepared: &tokio_postgres::Statement,
     changes: &[Change],
 ) -> anyhow::Result<()> {
-    let columns = Columns::new(changes);
+    // Every change of the workload is an object's only one in its batch, at
+    // its own position; none deletes a single version.
+    let origins: Vec<Origin> = (0..changes.len())
+        .map(|i| Origin {
+            partition: 0,
+            offset: i as i64,
+        })
+        .collect();
+    let deleted_versions = vec![String::from("{}"); changes.len()];
+    let rows = Rows {
+        changes,
+        origins: &origins,
+        deleted_versions: &deleted_versions,
+    };
+    let columns = Columns::new(rows);
     let tx = client.transaction().await?;
     match statement {
         Statement::Objmeta => {
@@ -280,31 +226,6 @@ async fn write(
         }
         Statement::Plain => {
             tx.execute(prepared, &columns.params()[..12]).await?;
-        }
-        Statement::CopyTemp => {
-            let sink = tx.copy_in(COPY_SQL).await?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-            futures::pin_mut!(writer);
-            for i in 0..changes.len() {
-                let row: [&(dyn ToSql + Sync); 13] = [
-                    &columns.bucket[i],
-                    &columns.key[i],
-                    &columns.version_id[i],
-                    &columns.size[i],
-                    &columns.etag[i],
-                    &columns.content_type[i],
-                    &columns.user_metadata[i],
-                    &columns.system_metadata[i],
-                    &columns.event_name[i],
-                    &columns.event_time[i],
-                    &columns.sequencer[i],
-                    &columns.deleted_at[i],
-                    &columns.version_guard[i],
-                ];
-                writer.as_mut().write(&row).await?;
-            }
-            writer.finish().await?;
-            tx.query_one(prepared, &[]).await?;
         }
     }
     tx.commit().await?;

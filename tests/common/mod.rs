@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use objmeta::batch::supersedes;
 use objmeta::config::{Cli, Command as CliCommand, RunConfig};
 use objmeta::event::{self, Action, Change, ObjectId};
 
@@ -352,7 +351,7 @@ impl TestBed {
             .db()
             .await
             .query(
-                "SELECT bucket, key, sequencer, deleted_at IS NOT NULL, version_id, size, etag, \
+                "SELECT bucket, key, sequencer, NOT live, version_id, size, etag, \
                  content_type, user_metadata, system_metadata, event_name FROM object_metadata",
                 &[],
             )
@@ -476,7 +475,9 @@ pub type DeadLetterRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>, String);
 /// A row of object_metadata, in a form tests can compare.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowState {
-    pub sequencer: i64,
+    /// `None` for an object of which only deletes of versions were seen.
+    pub sequencer: Option<i64>,
+    /// Not live: removed, its current version deleted, or never seen live.
     pub deleted: bool,
     pub version_id: Option<String>,
     pub size: Option<i64>,
@@ -484,27 +485,28 @@ pub struct RowState {
     pub content_type: Option<String>,
     pub user_metadata: serde_json::Value,
     pub system_metadata: serde_json::Value,
-    pub event_name: String,
+    pub event_name: Option<String>,
 }
 
 impl RowState {
-    /// The row a change leaves behind when it is the newest.
-    pub fn of(change: &Change) -> RowState {
+    /// The row a change leaves behind when it is the object's current
+    /// state; `deleted` says whether a delete of its version ended it.
+    pub fn of(change: &Change, version_deleted: bool) -> RowState {
         let empty = serde_json::Value::Object(serde_json::Map::new());
         match &change.action {
             Action::Upsert(state) => RowState {
-                sequencer: change.sequencer,
-                deleted: false,
+                sequencer: Some(change.sequencer),
+                deleted: version_deleted,
                 version_id: state.version_id.clone(),
                 size: state.size,
                 etag: state.etag.clone(),
                 content_type: state.content_type.clone(),
                 user_metadata: state.user_metadata.to_value(),
                 system_metadata: state.system_metadata.to_value(),
-                event_name: change.event_name.clone(),
+                event_name: Some(change.event_name.clone()),
             },
             Action::Remove { version_id, .. } => RowState {
-                sequencer: change.sequencer,
+                sequencer: Some(change.sequencer),
                 deleted: true,
                 version_id: version_id.clone(),
                 size: None,
@@ -512,33 +514,98 @@ impl RowState {
                 content_type: None,
                 user_metadata: empty.clone(),
                 system_metadata: empty,
-                event_name: change.event_name.clone(),
+                event_name: Some(change.event_name.clone()),
             },
+        }
+    }
+
+    /// An object of which only deletes of single versions were seen.
+    pub fn never_live() -> RowState {
+        let empty = serde_json::Value::Object(serde_json::Map::new());
+        RowState {
+            sequencer: None,
+            deleted: true,
+            version_id: None,
+            size: None,
+            etag: None,
+            content_type: None,
+            user_metadata: empty.clone(),
+            system_metadata: empty,
+            event_name: None,
         }
     }
 }
 
-/// The expected table after the given payloads, applied one by one with
-/// the ordering rule (independent of the order when sequencers differ).
+/// The expected table after the given changes, each with its position in
+/// the source (what orders equal sequencers: the Kafka offset, or for
+/// messages of one partition their publishing order).
+///
+/// The documented rules, written again for the tests and independent of
+/// objmeta's code: an object's current state is its greatest creation or
+/// unconditional removal, ordered by (sequencer, removal before creation,
+/// position); the object is live when that state is a creation and no
+/// delete of exactly its version (`ObjectRemoved:Delete` with a versionId)
+/// is greater than it (such a delete counts as a removal). The result
+/// depends on the set of changes only, never on their order.
+pub fn oracle_of(changes: &[(Change, (i32, i64))]) -> BTreeMap<ObjectId, RowState> {
+    fn is_removal(change: &Change) -> bool {
+        matches!(change.action, Action::Remove { .. })
+    }
+    fn deletes_version(change: &Change) -> Option<&str> {
+        match &change.action {
+            Action::Remove {
+                version_id: Some(version),
+                ..
+            } if change.event_name == "s3:ObjectRemoved:Delete" => Some(version),
+            _ => None,
+        }
+    }
+    let rank = |change: &Change, position: (i32, i64)| {
+        (change.sequencer, is_removal(change), position.0, position.1)
+    };
+    let mut objects: BTreeMap<ObjectId, Vec<&(Change, (i32, i64))>> = BTreeMap::new();
+    for entry in changes {
+        objects.entry(entry.0.object.clone()).or_default().push(entry);
+    }
+    objects
+        .into_iter()
+        .map(|(id, history)| {
+            let current = history
+                .iter()
+                .filter(|(c, _)| deletes_version(c).is_none())
+                .max_by_key(|(c, p)| rank(c, *p));
+            let state = match current {
+                None => RowState::never_live(),
+                Some((change, position)) => {
+                    let version = match &change.action {
+                        Action::Upsert(state) => state.version_id.as_deref(),
+                        Action::Remove { .. } => None,
+                    };
+                    let deleted = version.is_some()
+                        && history.iter().any(|(d, dp)| {
+                            deletes_version(d) == version && rank(d, *dp) > rank(change, *position)
+                        });
+                    RowState::of(change, deleted)
+                }
+            };
+            (id, state)
+        })
+        .collect()
+}
+
+/// The expected table after the given payloads, published in this order to
+/// partitions keyed by object (so their order is each object's position).
 pub fn oracle<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<ObjectId, RowState> {
-    let mut newest: BTreeMap<ObjectId, Change> = BTreeMap::new();
-    for payload in payloads {
+    let mut changes = Vec::new();
+    for (index, payload) in payloads.into_iter().enumerate() {
         let Ok(parsed) = event::parse(Some(payload)) else {
             continue;
         };
         for change in parsed.changes {
-            match newest.get(&change.object) {
-                Some(current) if !supersedes(&change, current) => {}
-                _ => {
-                    newest.insert(change.object.clone(), change);
-                }
-            }
+            changes.push((change, (0, index as i64)));
         }
     }
-    newest
-        .iter()
-        .map(|(id, change)| (id.clone(), RowState::of(change)))
-        .collect()
+    oracle_of(&changes)
 }
 
 /// Compares the table with the oracle and describes every difference.

@@ -162,9 +162,13 @@ impl Context {
         match answer.recv_timeout(REVOKE_WAIT) {
             Ok(offsets) => match self.commit(consumer, &offsets) {
                 Ok(()) => tracing::info!(?partitions, "committed written offsets before revoke"),
-                Err(e) => tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit"),
+                Err(e) => {
+                    tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit")
+                }
             },
-            Err(_) => tracing::warn!(?partitions, wait = ?REVOKE_WAIT, "revoking while a write of these partitions still runs; the new owner re-reads its messages"),
+            Err(_) => {
+                tracing::warn!(?partitions, wait = ?REVOKE_WAIT, "revoking while a write of these partitions still runs; the new owner re-reads its messages")
+            }
         }
         self.forget(&partitions);
     }

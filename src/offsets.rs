@@ -308,7 +308,10 @@ mod tests {
         let ticket = ledger.begin_write(&[(0, 10), (1, 4)]);
         let (tx, rx) = reply();
         ledger.revoke(&[0], tx);
-        assert!(rx.try_recv().is_err(), "a write of partition 0 is in flight");
+        assert!(
+            rx.try_recv().is_err(),
+            "a write of partition 0 is in flight"
+        );
         assert!(!ledger.accepts(0, 1));
         ledger.write_done(&ticket);
         assert_eq!(rx.try_recv().unwrap(), vec![(0, 10)]);

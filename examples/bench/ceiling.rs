@@ -11,8 +11,8 @@ use tokio_postgres::Client;
 
 use objmeta::batch::Origin;
 use objmeta::event::Change;
-use objmeta::sink::Rows;
 use objmeta::produce::{workload, Workload, WorkloadSpec};
+use objmeta::sink::Rows;
 
 use crate::common::{self, Columns, OBJMETA_UPSERT_SQL};
 

@@ -347,36 +347,7 @@ impl TestBed {
 
     /// Object rows as comparable states, keyed by object.
     pub async fn table(&self) -> BTreeMap<ObjectId, RowState> {
-        let rows = self
-            .db()
-            .await
-            .query(
-                "SELECT bucket, key, sequencer, NOT live, version_id, size, etag, \
-                 content_type, user_metadata, system_metadata, event_name FROM object_metadata",
-                &[],
-            )
-            .await
-            .expect("read object_metadata");
-        rows.iter()
-            .map(|row| {
-                let object = ObjectId {
-                    bucket: row.get(0),
-                    key: row.get(1),
-                };
-                let state = RowState {
-                    sequencer: row.get(2),
-                    deleted: row.get(3),
-                    version_id: row.get(4),
-                    size: row.get(5),
-                    etag: row.get(6),
-                    content_type: row.get(7),
-                    user_metadata: row.get(8),
-                    system_metadata: row.get(9),
-                    event_name: row.get(10),
-                };
-                (object, state)
-            })
-            .collect()
+        read_table(&self.db().await).await
     }
 
     /// Waits until the table holds `rows` object rows.
@@ -404,6 +375,39 @@ impl TestBed {
 }
 
 /// A minimal HTTP/1.1 GET over a raw socket: status code and body.
+/// The object rows of the schema on `client`'s search path, as comparable
+/// states keyed by object.
+pub async fn read_table(client: &Client) -> BTreeMap<ObjectId, RowState> {
+    let rows = client
+        .query(
+            "SELECT bucket, key, sequencer, NOT live, version_id, size, etag, \
+             content_type, user_metadata, system_metadata, event_name FROM object_metadata",
+            &[],
+        )
+        .await
+        .expect("read object_metadata");
+    rows.iter()
+        .map(|row| {
+            let object = ObjectId {
+                bucket: row.get(0),
+                key: row.get(1),
+            };
+            let state = RowState {
+                sequencer: row.get(2),
+                deleted: row.get(3),
+                version_id: row.get(4),
+                size: row.get(5),
+                etag: row.get(6),
+                content_type: row.get(7),
+                user_metadata: row.get(8),
+                system_metadata: row.get(9),
+                event_name: row.get(10),
+            };
+            (object, state)
+        })
+        .collect()
+}
+
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -536,6 +540,9 @@ impl RowState {
     }
 }
 
+/// A change and its position in the source: (Kafka partition, offset).
+pub type Positioned = (Change, (i32, i64));
+
 /// The expected table after the given changes, each with its position in
 /// the source (what orders equal sequencers: the Kafka offset, or for
 /// messages of one partition their publishing order).
@@ -547,7 +554,7 @@ impl RowState {
 /// delete of exactly its version (`ObjectRemoved:Delete` with a versionId)
 /// is greater than it (such a delete counts as a removal). The result
 /// depends on the set of changes only, never on their order.
-pub fn oracle_of(changes: &[(Change, (i32, i64))]) -> BTreeMap<ObjectId, RowState> {
+pub fn oracle_of(changes: &[Positioned]) -> BTreeMap<ObjectId, RowState> {
     fn is_removal(change: &Change) -> bool {
         matches!(change.action, Action::Remove { .. })
     }
@@ -563,9 +570,12 @@ pub fn oracle_of(changes: &[(Change, (i32, i64))]) -> BTreeMap<ObjectId, RowStat
     let rank = |change: &Change, position: (i32, i64)| {
         (change.sequencer, is_removal(change), position.0, position.1)
     };
-    let mut objects: BTreeMap<ObjectId, Vec<&(Change, (i32, i64))>> = BTreeMap::new();
+    let mut objects: BTreeMap<ObjectId, Vec<&Positioned>> = BTreeMap::new();
     for entry in changes {
-        objects.entry(entry.0.object.clone()).or_default().push(entry);
+        objects
+            .entry(entry.0.object.clone())
+            .or_default()
+            .push(entry);
     }
     objects
         .into_iter()

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use time::format_description::well_known::Rfc3339;
 
+use crate::budget::Reservation;
 use crate::event::{Action, Change, EventFamily, ObjectId};
 
 /// Where a message came from: enough to commit past it or to dead-letter it.
@@ -194,6 +195,8 @@ pub struct WriteBatch {
     pub families: HashMap<EventFamily, u64>,
     /// When the oldest message of the batch was consumed.
     pub started: Option<Instant>,
+    /// The memory budget its messages hold until the write ends.
+    pub reservation: Reservation,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +206,7 @@ struct PartitionWork {
     next_offset: i64,
     messages: u64,
     families: HashMap<EventFamily, u64>,
+    reservation: Reservation,
 }
 
 /// The batch being accumulated by the pipeline.
@@ -213,12 +217,14 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Adds one consumed message; its offset advances whatever it holds.
-    pub fn add(&mut self, origin: Origin, contribution: Contribution) {
+    /// Adds one consumed message, and the budget it holds; its offset
+    /// advances whatever it holds.
+    pub fn add(&mut self, origin: Origin, contribution: Contribution, reservation: Reservation) {
         self.started.get_or_insert_with(Instant::now);
         let work = self.partitions.entry(origin.partition).or_default();
         work.next_offset = work.next_offset.max(origin.offset + 1);
         work.messages += 1;
+        work.reservation.merge(reservation);
         match contribution {
             Contribution::Changes(changes) => {
                 for change in changes {
@@ -283,6 +289,7 @@ impl Batch {
                 *out.families.entry(family).or_default() += count;
             }
             out.dead_letters.extend(work.dead_letters);
+            out.reservation.merge(work.reservation);
             if merged.is_empty() {
                 merged = work.objects;
             } else {
@@ -365,7 +372,11 @@ mod tests {
     fn reduce(changes: Vec<(Change, Origin)>) -> WriteBatch {
         let mut batch = Batch::default();
         for (change, origin) in changes {
-            batch.add(origin, Contribution::Changes(vec![change]));
+            batch.add(
+                origin,
+                Contribution::Changes(vec![change]),
+                Reservation::default(),
+            );
         }
         batch.take()
     }
@@ -438,13 +449,23 @@ mod tests {
         batch.add(
             origin(0, 10),
             Contribution::Changes(vec![put("a", 3, None)]),
+            Reservation::default(),
         );
         batch.add(
             origin(0, 11),
             Contribution::Changes(vec![put("a", 1, None)]),
+            Reservation::default(),
         );
-        batch.add(origin(1, 4), Contribution::Changes(vec![put("b", 1, None)]));
-        batch.add(origin(1, 5), Contribution::Changes(vec![]));
+        batch.add(
+            origin(1, 4),
+            Contribution::Changes(vec![put("b", 1, None)]),
+            Reservation::default(),
+        );
+        batch.add(
+            origin(1, 5),
+            Contribution::Changes(vec![]),
+            Reservation::default(),
+        );
         assert_eq!(batch.rows(), 2);
         let out = batch.take();
         assert!(batch.is_empty());
@@ -470,7 +491,11 @@ mod tests {
             payload: Some(b"{".to_vec()),
             reason: "invalid json".into(),
         };
-        batch.add(origin(2, 7), Contribution::DeadLetter(dead_letter.clone()));
+        batch.add(
+            origin(2, 7),
+            Contribution::DeadLetter(dead_letter.clone()),
+            Reservation::default(),
+        );
         assert_eq!(batch.rows(), 1);
         let out = batch.take();
         assert_eq!(out.dead_letters, vec![dead_letter]);
@@ -480,8 +505,16 @@ mod tests {
     #[test]
     fn same_object_in_two_partitions_is_written_once() {
         let mut batch = Batch::default();
-        batch.add(origin(0, 1), Contribution::Changes(vec![put("a", 7, None)]));
-        batch.add(origin(1, 1), Contribution::Changes(vec![put("a", 4, None)]));
+        batch.add(
+            origin(0, 1),
+            Contribution::Changes(vec![put("a", 7, None)]),
+            Reservation::default(),
+        );
+        batch.add(
+            origin(1, 1),
+            Contribution::Changes(vec![put("a", 4, None)]),
+            Reservation::default(),
+        );
         let out = batch.take();
         assert_eq!(out.changes.len(), 1);
         assert_eq!(out.changes[0].sequencer, 7);
@@ -490,13 +523,25 @@ mod tests {
     #[test]
     fn dropping_revoked_partitions_keeps_the_rest() {
         let mut batch = Batch::default();
-        batch.add(origin(0, 1), Contribution::Changes(vec![put("a", 1, None)]));
-        batch.add(origin(1, 1), Contribution::Changes(vec![put("b", 1, None)]));
+        batch.add(
+            origin(0, 1),
+            Contribution::Changes(vec![put("a", 1, None)]),
+            Reservation::default(),
+        );
+        batch.add(
+            origin(1, 1),
+            Contribution::Changes(vec![put("b", 1, None)]),
+            Reservation::default(),
+        );
         batch.drop_partitions(&[0]);
         let out = batch.take();
         assert_eq!(out.commit_offsets, vec![(1, 2)]);
         assert_eq!(out.changes.len(), 1);
-        batch.add(origin(3, 1), Contribution::Changes(vec![]));
+        batch.add(
+            origin(3, 1),
+            Contribution::Changes(vec![]),
+            Reservation::default(),
+        );
         batch.drop_partitions(&[3]);
         assert!(batch.is_empty());
         assert!(batch.deadline(Duration::from_secs(1)).is_none());

@@ -63,6 +63,12 @@ pub struct RunConfig {
     /// /healthz fails when the main loop has made no progress for this long.
     #[arg(long, env = "HEALTH_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub health_stall_timeout: Duration,
+    /// Most bytes of messages held at once between the broker and the database
+    /// (librdkafka's prefetch queue gets 1/16 of it, the rest covers parsed messages,
+    /// batches, writes in flight and dead letters with their full payloads). A slow
+    /// database then delays reading instead of growing memory. Takes B, KiB, MiB, GiB.
+    #[arg(long, env = "MEMORY_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
+    pub memory_budget: usize,
     /// At shutdown, how long to keep trying to write what was consumed.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -146,6 +152,30 @@ pub(crate) fn parse_property(raw: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// A size such as `32MiB`, `512KiB`, `1GiB` or plain bytes; at least 64 KiB.
+fn parse_bytes(raw: &str) -> Result<usize, String> {
+    let raw = raw.trim();
+    let digits = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size like 32MiB"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{raw:?} is too large"))?;
+    if bytes < 64 << 10 {
+        return Err(format!("{raw:?} is below the minimum of 64KiB"));
+    }
+    Ok(bytes)
+}
+
 /// Schema names go into `search_path`, so only plain identifiers are allowed.
 fn parse_schema(raw: &str) -> Result<String, String> {
     let valid = !raw.is_empty()
@@ -217,6 +247,10 @@ mod tests {
         let err =
             parse(&["migrate", "--database-url", "u", "--database-schema", "a;b"]).unwrap_err();
         assert!(err.to_string().contains("identifier"), "{err}");
+        assert_eq!(parse_bytes("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert!(parse_bytes("1KiB").unwrap_err().contains("minimum"));
+        assert!(parse_bytes("3 parsecs").unwrap_err().contains("unit"));
         let cli = parse(&[
             "run",
             "--brokers",

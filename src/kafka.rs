@@ -241,8 +241,9 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|e| e.partition()).collect()
 }
 
-/// The librdkafka settings objmeta uses, before the user's overrides.
-fn base_config(config: &KafkaConfig) -> ClientConfig {
+/// The librdkafka settings objmeta uses, before the user's overrides;
+/// `prefetch_kib` is the memory budget's share for librdkafka's queue.
+fn base_config(config: &KafkaConfig, prefetch_kib: usize) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -259,9 +260,10 @@ fn base_config(config: &KafkaConfig) -> ClientConfig {
         // per partition fetch, 64 MiB queued, 1 s back-off once full) keep
         // ~150 MiB of decompressed batches in memory during a catch-up and
         // leave a fast pipeline idle for most of every second; these keep
-        // the resident set near 64 MiB at the same throughput.
+        // the resident set near 64 MiB at the same throughput. The queue's
+        // size is the memory budget's share (2 MiB of the default 32 MiB).
         .set("max.partition.fetch.bytes", "131072")
-        .set("queued.max.messages.kbytes", "2048")
+        .set("queued.max.messages.kbytes", prefetch_kib.to_string())
         .set("fetch.queue.backoff.ms", "20");
     client
 }
@@ -269,9 +271,10 @@ fn base_config(config: &KafkaConfig) -> ClientConfig {
 /// Creates the consumer and subscribes it to the topic.
 pub fn subscribe(
     config: &KafkaConfig,
+    prefetch_kib: usize,
     metrics: Metrics,
 ) -> Result<(Arc<KafkaConsumer>, UnboundedReceiver<RebalanceEvent>), KafkaError> {
-    let mut client = base_config(config);
+    let mut client = base_config(config, prefetch_kib);
     for (key, value) in &config.properties {
         if key == "enable.auto.commit" {
             tracing::warn!("ignoring enable.auto.commit: objmeta commits offsets itself, after each database commit");

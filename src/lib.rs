@@ -5,6 +5,7 @@
 //! (reduce) → `sink` (write) → `kafka` (commit), driven by `pipeline`.
 
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -63,7 +64,9 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             READINESS_INTERVAL,
             services.clone(),
         ));
-        let (consumer, rebalances) = kafka::subscribe(&config.kafka, metrics.clone())?;
+        let prefetch_kib = budget::Budget::prefetch_kib(config.memory_budget);
+        let (consumer, rebalances) =
+            kafka::subscribe(&config.kafka, prefetch_kib, metrics.clone())?;
         tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "consuming");
         let settings = Settings {
             topic: config.kafka.topic.clone(),
@@ -72,6 +75,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             retry_max_backoff: config.retry_max_backoff,
             shutdown_timeout: config.shutdown_timeout,
             write_lanes: config.write_concurrency,
+            memory_budget: config.memory_budget,
         };
         Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
             .run(shutdown.clone())

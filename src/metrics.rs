@@ -65,6 +65,8 @@ pub struct Metrics {
     pub paused: IntGauge,
     /// Per partition, the offset committed last by this member.
     pub committed_offset: IntGaugeVec,
+    /// Bytes of the memory budget held by consumed, unwritten messages.
+    pub buffered_bytes: IntGauge,
     /// Per assigned partition, messages between the committed offset and the
     /// end of the partition (from librdkafka statistics).
     pub consumer_lag: IntGaugeVec,
@@ -146,6 +148,10 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            buffered_bytes: IntGauge::new(
+                "objmeta_buffered_bytes",
+                "Bytes of the memory budget held by messages consumed but not yet written",
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
                     "objmeta_consumer_lag",
@@ -217,6 +223,7 @@ impl Metrics {
             Box::new(self.assigned_partitions.clone()),
             Box::new(self.paused.clone()),
             Box::new(self.committed_offset.clone()),
+            Box::new(self.buffered_bytes.clone()),
             Box::new(self.consumer_lag.clone()),
             Box::new(self.last_event_timestamp.clone()),
             Box::new(self.event_delay.clone()),

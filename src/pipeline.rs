@@ -21,6 +21,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
+use crate::budget::Budget;
 use crate::error::Error;
 use crate::http::Health;
 use crate::kafka::{Committer, KafkaConsumer, RebalanceEvent};
@@ -44,6 +45,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Batches written at the same time (one connection each).
     pub write_lanes: usize,
+    /// Bytes of messages held between librdkafka's queue and the database.
+    pub memory_budget: usize,
 }
 
 /// The batch of some partitions, and the write of its previous one, if it
@@ -67,6 +70,7 @@ pub struct Pipeline {
     lanes: Vec<Lane>,
     writes: JoinSet<Written>,
     ledger: Ledger,
+    budget: Budget,
 }
 
 impl Pipeline {
@@ -80,8 +84,9 @@ impl Pipeline {
     ) -> Result<Self, Error> {
         let thread_error = |e: std::io::Error| Error::Config(format!("starting a thread: {e}"));
         let committer = Committer::spawn(consumer.clone()).map_err(thread_error)?;
-        let (poller, messages) =
-            Poller::spawn(consumer.clone(), metrics.clone()).map_err(thread_error)?;
+        let budget = Budget::new(settings.memory_budget);
+        let (poller, messages) = Poller::spawn(consumer.clone(), metrics.clone(), budget.clone())
+            .map_err(thread_error)?;
         let writer = Writer {
             sink,
             metrics: metrics.clone(),
@@ -105,6 +110,7 @@ impl Pipeline {
             lanes,
             writes: JoinSet::new(),
             ledger: Ledger::default(),
+            budget,
         })
     }
 
@@ -193,9 +199,13 @@ impl Pipeline {
                 origin,
                 epoch,
                 contribution,
+                reservation,
+                ..
             }) if self.ledger.accepts(origin.partition, epoch) => {
                 let lane = self.lane_of(origin.partition);
-                self.lanes[lane].batch.add(origin, contribution);
+                self.lanes[lane]
+                    .batch
+                    .add(origin, contribution, reservation);
             }
             Ok(Consumed { origin, epoch, .. }) => {
                 tracing::debug!(
@@ -213,6 +223,7 @@ impl Pipeline {
     }
 
     fn on_tick(&mut self) {
+        self.report_buffered();
         if self.writes.is_empty() && self.lanes.iter().all(|lane| lane.batch.is_empty()) {
             self.health.progressed();
         }
@@ -241,9 +252,15 @@ impl Pipeline {
             self.on_rebalance(event);
         }
         self.ledger.write_done(&ticket);
+        self.report_buffered();
         self.committer.commit(self.ledger.commit_offsets());
         self.health.progressed();
         Ok(())
+    }
+
+    fn report_buffered(&self) {
+        let bytes = i64::try_from(self.budget.reserved_bytes()).unwrap_or(i64::MAX);
+        self.metrics.buffered_bytes.set(bytes);
     }
 
     /// Backpressure: when a lane's batch is full while its previous batch

@@ -34,6 +34,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use crate::batch::{Contribution, DeadLetter, Origin};
+use crate::budget::{Budget, Reservation};
 use crate::event;
 use crate::kafka::KafkaConsumer;
 use crate::metrics::Metrics;
@@ -61,6 +62,10 @@ pub struct Consumed {
     pub origin: Origin,
     pub epoch: Epoch,
     pub contribution: Contribution,
+    /// The message's size (payload and key), what it costs of the budget.
+    pub bytes: usize,
+    /// Its share of the memory budget, taken before it is handed over.
+    pub reservation: Reservation,
 }
 
 /// One poll result, in consumption order.
@@ -79,6 +84,7 @@ impl Poller {
     pub fn spawn(
         consumer: Arc<KafkaConsumer>,
         metrics: Metrics,
+        budget: Budget,
     ) -> std::io::Result<(Self, Receiver<Polled>)> {
         let (sender, receiver) = channel(CHANNEL_CAPACITY);
         let stop = Arc::new(AtomicBool::new(false));
@@ -93,6 +99,7 @@ impl Poller {
                         metrics: &metrics,
                         sender: &sender,
                         runtime: &runtime,
+                        budget: &budget,
                     };
                     feed.run(&stop);
                 }
@@ -130,6 +137,7 @@ struct Feed<'a> {
     metrics: &'a Metrics,
     sender: &'a Sender<Polled>,
     runtime: &'a tokio::runtime::Handle,
+    budget: &'a Budget,
 }
 
 impl Feed<'_> {
@@ -169,19 +177,29 @@ impl Feed<'_> {
         let epoch = self.consumer.context().epoch();
         match polled {
             Ok(message) => {
+                let bytes = message.payload_len() + message.key_len();
                 let (origin, contribution) = contribution(&message, self.metrics);
                 Some(Ok(Consumed {
                     origin,
                     epoch,
                     contribution,
+                    bytes,
+                    reservation: Reservation::default(),
                 }))
             }
             Err(e) => Some(Err(e)),
         }
     }
 
-    /// Hands one message to the pipeline, waiting up to `wait` for room.
+    /// Hands one message to the pipeline, waiting up to `wait` for room in
+    /// the memory budget and then in the channel.
     fn offer(&self, polled: Polled, wait: Duration) -> Offer {
+        let mut polled = polled;
+        if let Ok(consumed) = &mut polled {
+            if !self.reserve(consumed, wait) {
+                return Offer::Full(polled);
+            }
+        }
         let polled = match self.sender.try_send(polled) {
             Ok(()) => return Offer::Taken,
             Err(TrySendError::Closed(_)) => return Offer::Closed,
@@ -197,6 +215,26 @@ impl Feed<'_> {
             }
             Ok(Err(_closed)) => Offer::Closed,
             Err(_elapsed) => Offer::Full(polled),
+        }
+    }
+}
+
+impl Feed<'_> {
+    /// Takes the message's share of the budget unless it already holds it;
+    /// `false` when there was no room within `wait`.
+    fn reserve(&self, consumed: &mut Consumed, wait: Duration) -> bool {
+        if consumed.bytes == 0 || consumed.reservation.is_held() {
+            return true;
+        }
+        let reserved = self
+            .runtime
+            .block_on(self.budget.reserve(consumed.bytes, wait));
+        match reserved {
+            Some(reservation) => {
+                consumed.reservation = reservation;
+                true
+            }
+            None => false,
         }
     }
 }
@@ -310,6 +348,8 @@ mod tests {
             origin,
             epoch: 1,
             contribution: Contribution::Changes(Vec::new()),
+            bytes: 0,
+            reservation: Reservation::default(),
         })
     }
 

@@ -15,6 +15,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::Client;
 
 use objmeta::batch::{Batch, Contribution, Origin};
+use objmeta::budget::Reservation;
 use objmeta::config::{Cli, Command, DatabaseConfig};
 use objmeta::event::{self, Change};
 use objmeta::sink::{self, Sink};
@@ -249,7 +250,11 @@ async fn apply(sink: &Sink, scenario: &Scenario, cut_after: impl Fn(usize) -> bo
             partition: *partition,
             offset: *offset,
         };
-        batch.add(origin, Contribution::Changes(vec![change.clone()]));
+        batch.add(
+            origin,
+            Contribution::Changes(vec![change.clone()]),
+            Reservation::default(),
+        );
         if cut_after(i) || i + 1 == scenario.delivery.len() {
             sink.write(&batch.take()).await.expect("batch written");
         }

@@ -326,9 +326,13 @@ impl Pipeline {
             poller,
             messages,
             committer,
+            rebalances,
             ..
         } = self;
         drop(messages);
+        // Closing revokes what is left: with nobody to answer, the callback
+        // must not wait for the loop (the final commit comes first, below).
+        drop(rebalances);
         let closing = tokio::task::spawn_blocking(move || {
             poller.stop();
             if let Err(e) = committer.finish(&consumer) {

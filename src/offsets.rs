@@ -57,12 +57,6 @@ pub struct WriteTicket {
     flights: Vec<(i32, Epoch, i64)>,
 }
 
-impl WriteTicket {
-    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
-        self.flights.iter().map(|&(partition, _, _)| partition)
-    }
-}
-
 #[derive(Default)]
 pub struct Ledger {
     partitions: BTreeMap<i32, Partition>,
@@ -117,10 +111,6 @@ impl Ledger {
         self.partitions
             .get(&partition)
             .is_some_and(|state| !state.revoking && epoch >= state.epoch)
-    }
-
-    pub fn owns(&self, partition: i32) -> bool {
-        self.partitions.contains_key(&partition)
     }
 
     /// Records the start of a batch write holding messages up to `end`
@@ -222,6 +212,20 @@ mod tests {
 
     fn reply() -> (RevokeReply, Receiver<Vec<(i32, i64)>>) {
         sync_channel(1)
+    }
+
+    impl Ledger {
+        fn owns(&self, partition: i32) -> bool {
+            self.partitions.contains_key(&partition)
+        }
+    }
+
+    fn partitions_of(ticket: &WriteTicket) -> Vec<i32> {
+        ticket
+            .flights
+            .iter()
+            .map(|&(partition, _, _)| partition)
+            .collect()
     }
 
     #[test]
@@ -351,7 +355,7 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.assign(&[1], 1);
         let ticket = ledger.begin_write(&[(0, 10), (1, 3)]);
-        assert_eq!(ticket.partitions().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(partitions_of(&ticket), vec![1]);
         ledger.write_done(&ticket);
         assert_eq!(ledger.commit_offsets(), vec![(1, 3)]);
     }

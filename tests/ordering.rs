@@ -349,3 +349,80 @@ fn a_batch_deleting_its_own_newest_version_leaves_no_live_object() {
     let result = fixture().runtime.block_on(check(&one_at_a_time));
     assert!(result.is_ok(), "{}", result.unwrap_err());
 }
+
+/// A redelivered batch whose merge changes nothing writes nothing: the
+/// rows keep their row version (same `xmin`), and every row counts as
+/// stale.
+#[test]
+fn a_redelivered_batch_writes_no_new_row_versions() {
+    let Fixture {
+        runtime,
+        sink,
+        client,
+        turn,
+    } = fixture();
+    runtime.block_on(async {
+        let _turn = turn.lock().await;
+        client
+            .batch_execute("TRUNCATE object_metadata")
+            .await
+            .expect("truncate");
+        let messages = [
+            minio_message("s3:ObjectCreated:Put", "b", "live", 10, Some("v1"), &[]),
+            minio_message("s3:ObjectCreated:Put", "b", "gone", 10, None, &[]),
+            minio_message("s3:ObjectRemoved:Delete", "b", "gone", 20, None, &[]),
+            minio_message(
+                "s3:ObjectCreated:Put",
+                "b",
+                "versioned",
+                10,
+                Some("v1"),
+                &[],
+            ),
+            minio_message(
+                "s3:ObjectRemoved:Delete",
+                "b",
+                "versioned",
+                20,
+                Some("v1"),
+                &[],
+            ),
+        ];
+        let batch = || {
+            let mut batch = Batch::default();
+            for (offset, (_, payload)) in (0i64..).zip(&messages) {
+                let changes = event::parse(Some(payload)).expect("parses").changes;
+                let origin = Origin {
+                    partition: 0,
+                    offset,
+                };
+                batch.add(
+                    origin,
+                    Contribution::Changes(changes),
+                    Reservation::default(),
+                );
+            }
+            batch.take()
+        };
+        let versions = || async {
+            client
+                .query(
+                    "SELECT key, xmin::text FROM object_metadata ORDER BY key",
+                    &[],
+                )
+                .await
+                .expect("row versions")
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        };
+        sink.write(&batch()).await.expect("first delivery");
+        let before = versions().await;
+        let report = sink.write(&batch()).await.expect("redelivery");
+        assert_eq!(versions().await, before);
+        assert_eq!(
+            (report.upserted, report.tombstoned, report.stale),
+            (0, 0, 3)
+        );
+    });
+}

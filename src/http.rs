@@ -101,15 +101,17 @@ impl Health {
         self.is_live_at(self.started.elapsed())
     }
 
-    /// Liveness as of `now`, measured from start-up: progress within the
-    /// stall timeout, and no write attempt without a finished round trip
-    /// for longer than the attempt limit.
+    /// Liveness as of `now`, measured from start-up: no write attempt has
+    /// gone without a finished round trip for longer than the attempt
+    /// limit, and either an attempt is running (within that limit) or the
+    /// loop progressed within the stall timeout.
     fn is_live_at(&self, now: Duration) -> bool {
         let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
         let oldest = self.lock_attempts().values().min().copied();
-        let stuck = oldest
-            .is_some_and(|t| now.saturating_sub(Duration::from_millis(t)) > self.attempt_limit);
-        now.saturating_sub(last) <= self.stall_timeout && !stuck
+        match oldest {
+            Some(t) => now.saturating_sub(Duration::from_millis(t)) <= self.attempt_limit,
+            None => now.saturating_sub(last) <= self.stall_timeout,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -315,5 +317,18 @@ mod tests {
         drop(hung);
         let ended = at(&health, "progress");
         assert!(health.is_live_at(ended + Duration::from_secs(59)));
+    }
+
+    #[test]
+    fn a_long_attempt_within_its_limit_outlives_the_stall_timeout() {
+        let health = Arc::new(Health::new(Duration::from_secs(5), Duration::from_secs(13)));
+        let attempt = health.attempt();
+        let started = at(&health, "attempt");
+        assert!(health.is_live_at(started + Duration::from_secs(13)));
+        assert!(!health.is_live_at(started + Duration::from_secs(14)));
+        drop(attempt);
+        let ended = at(&health, "progress");
+        assert!(health.is_live_at(ended + Duration::from_secs(5)));
+        assert!(!health.is_live_at(ended + Duration::from_secs(6)));
     }
 }

@@ -109,6 +109,48 @@ pub struct DatabaseConfig {
     /// How long to wait for a connection before counting the attempt as failed.
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub database_connect_timeout: Duration,
+    /// PostgreSQL `statement_timeout` of objmeta's write sessions: a statement that runs
+    /// longer is cancelled by the server, and its batch is written again in halves
+    /// (`0` disables it). Bounds how long a write can block its partitions.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub database_statement_timeout: Duration,
+    /// PostgreSQL `lock_timeout` of objmeta's write sessions: how long a write waits for
+    /// a row lock another session holds before it backs off and retries (`0` disables
+    /// it). Must be shorter than the statement timeout, so that a lock wait is told apart
+    /// from a batch that is too slow.
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub database_lock_timeout: Duration,
+    /// Idle time of a connection before TCP keepalive probes start; with the interval and
+    /// the count below it bounds how long a dead peer or a cut network goes unnoticed
+    /// (also used as TCP_USER_TIMEOUT for unacknowledged data).
+    #[arg(long, env = "DATABASE_KEEPALIVES_IDLE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub database_keepalives_idle: Duration,
+    /// Time between two unanswered TCP keepalive probes.
+    #[arg(long, env = "DATABASE_KEEPALIVES_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_keepalives_interval: Duration,
+    /// Unanswered TCP keepalive probes after which the connection counts as dead.
+    #[arg(long, env = "DATABASE_KEEPALIVES_RETRIES", default_value_t = 3)]
+    pub database_keepalives_retries: u32,
+}
+
+impl DatabaseConfig {
+    /// How long the network may stay silent before keepalives (or the TCP
+    /// user timeout) declare the connection dead.
+    pub fn dead_peer_timeout(&self) -> Duration {
+        self.database_keepalives_idle
+            + self.database_keepalives_interval * self.database_keepalives_retries
+    }
+
+    /// The longest one database round trip of a write can take while the
+    /// server and the network work as configured: the statement timeout, a
+    /// connection being opened (waiting for the pool, then connecting), or a
+    /// dead peer being noticed, whichever is longest. Liveness allows a
+    /// write attempt this long (plus slack) between two round trips.
+    pub fn longest_round_trip(&self) -> Duration {
+        self.database_statement_timeout
+            .max(self.database_connect_timeout * 2)
+            .max(self.dead_peer_timeout())
+    }
 }
 
 impl RunConfig {
@@ -127,6 +169,26 @@ impl RunConfig {
         if self.write_concurrency == 0 {
             return Err(Error::Config(
                 "--write-concurrency (WRITE_CONCURRENCY) must be at least 1".into(),
+            ));
+        }
+        let (statement, lock) = (
+            self.database.database_statement_timeout,
+            self.database.database_lock_timeout,
+        );
+        if !statement.is_zero() && (lock.is_zero() || lock >= statement) {
+            return Err(Error::Config(
+                "--database-lock-timeout (DATABASE_LOCK_TIMEOUT) must be set and shorter than \
+                 --database-statement-timeout (DATABASE_STATEMENT_TIMEOUT): a wait for another \
+                 session's lock must end as a lock timeout (retried), not a statement timeout \
+                 (which splits the batch)"
+                    .into(),
+            ));
+        }
+        if self.retry_max_backoff >= self.health_stall_timeout {
+            return Err(Error::Config(
+                "--retry-max-backoff (RETRY_MAX_BACKOFF) must be shorter than \
+                 --health-stall-timeout (HEALTH_STALL_TIMEOUT): a member that is retrying is alive"
+                    .into(),
             ));
         }
         if self.database.database_pool_size <= self.write_concurrency {
@@ -266,5 +328,31 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("BATCH_MAX_ROWS"), "{err}");
+    }
+
+    #[test]
+    fn a_lock_wait_must_end_before_the_statement_timeout() {
+        let cli = parse(&[
+            "run",
+            "--brokers",
+            "k",
+            "--database-url",
+            "u",
+            "--database-statement-timeout",
+            "5s",
+            "--database-lock-timeout",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Run(config) = cli.command else {
+            panic!("expected run")
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("DATABASE_LOCK_TIMEOUT"), "{err}");
+        assert_eq!(config.database.dead_peer_timeout(), Duration::from_secs(25));
+        assert_eq!(
+            config.database.longest_round_trip(),
+            Duration::from_secs(25)
+        );
     }
 }

@@ -1,11 +1,20 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the main
 //! loop is alive) and `/readyz` (the database answers and the consumer is in
 //! its group).
+//!
+//! Liveness is "the loop is turning and every write attempt ends within a
+//! bound". A member waiting out a database outage retries: each attempt
+//! fails, reports its end, and backs off, so it stays alive (and not ready),
+//! and a restart, which cannot cure the database, is not asked for. A member
+//! whose attempt is stuck longer than the longest legitimate round trip
+//! (hung on a socket that neither the server's timeouts nor TCP keepalives
+//! broke) is not alive: a restart does cure that.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,24 +38,55 @@ pub struct Health {
     database_ready: AtomicBool,
     in_group: AtomicBool,
     stall_timeout: Duration,
+    /// Longest time a write attempt may go without finishing a round trip.
+    attempt_limit: Duration,
+    /// Running write attempts: id -> milliseconds since `started` at their
+    /// start or last finished round trip.
+    attempts: Mutex<HashMap<u64, u64>>,
+    next_attempt: AtomicU64,
 }
 
 impl Health {
-    pub fn new(stall_timeout: Duration) -> Self {
+    /// `attempt_limit`: see [`Health::is_live`].
+    pub fn new(stall_timeout: Duration, attempt_limit: Duration) -> Self {
         Health {
             started: Instant::now(),
             last_progress_ms: AtomicU64::new(0),
             database_ready: AtomicBool::new(false),
             in_group: AtomicBool::new(false),
             stall_timeout,
+            attempt_limit,
+            attempts: Mutex::new(HashMap::new()),
+            next_attempt: AtomicU64::new(0),
         }
     }
 
-    /// The loop moved: a batch was written, or there was nothing to write.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The loop moved: a batch was written, a write attempt ended (even in
+    /// failure), or there was nothing to write.
     pub fn progressed(&self) {
-        let now = self.started.elapsed().as_millis();
         self.last_progress_ms
-            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A write attempt starts; it counts as running until the returned guard
+    /// is dropped (which also reports progress).
+    pub fn attempt(self: &Arc<Self>) -> Attempt {
+        let id = self.next_attempt.fetch_add(1, Ordering::Relaxed);
+        self.lock_attempts().insert(id, self.now_ms());
+        Attempt {
+            health: Some(self.clone()),
+            id,
+        }
+    }
+
+    /// A poisoned lock only means another thread panicked while holding it;
+    /// the map of plain numbers is still usable.
+    fn lock_attempts(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn set_database_ready(&self, ready: bool) {
@@ -61,14 +101,62 @@ impl Health {
         self.is_live_at(self.started.elapsed())
     }
 
-    /// Liveness as of `now`, measured from start-up.
+    /// Liveness as of `now`, measured from start-up: no write attempt has
+    /// gone without a finished round trip for longer than the attempt
+    /// limit, and either an attempt is running (within that limit) or the
+    /// loop progressed within the stall timeout.
     fn is_live_at(&self, now: Duration) -> bool {
         let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
-        now.saturating_sub(last) <= self.stall_timeout
+        let oldest = self.lock_attempts().values().min().copied();
+        match oldest {
+            Some(t) => now.saturating_sub(Duration::from_millis(t)) <= self.attempt_limit,
+            None => now.saturating_sub(last) <= self.stall_timeout,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
         self.database_ready.load(Ordering::Relaxed) && self.in_group.load(Ordering::Relaxed)
+    }
+}
+
+/// A running write attempt, registered with [`Health`].
+#[derive(Debug)]
+pub struct Attempt {
+    /// `None`: an attempt nobody watches.
+    health: Option<Arc<Health>>,
+    id: u64,
+}
+
+impl Attempt {
+    /// An attempt outside the pipeline (a one-shot write by a tool or a
+    /// test), which no liveness depends on.
+    pub fn detached() -> Attempt {
+        Attempt {
+            health: None,
+            id: 0,
+        }
+    }
+
+    /// A round trip of the attempt finished: it is not hung.
+    pub fn touch(&self) {
+        let Some(health) = &self.health else {
+            return;
+        };
+        let now = health.now_ms();
+        if let Some(at) = health.lock_attempts().get_mut(&self.id) {
+            *at = now;
+        }
+    }
+}
+
+impl Drop for Attempt {
+    /// The attempt ended (succeeded, failed, or was abandoned): the writer
+    /// is turning.
+    fn drop(&mut self) {
+        if let Some(health) = &self.health {
+            health.lock_attempts().remove(&self.id);
+            health.progressed();
+        }
     }
 }
 
@@ -160,7 +248,7 @@ mod tests {
 
     #[test]
     fn readiness_needs_database_and_group() {
-        let health = Health::new(Duration::from_secs(60));
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(40));
         assert!(!health.is_ready());
         health.set_database_ready(true);
         assert!(!health.is_ready());
@@ -172,11 +260,75 @@ mod tests {
 
     #[test]
     fn liveness_fails_after_the_stall_timeout() {
-        let health = Health::new(Duration::from_secs(60));
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(40));
         health.progressed();
         assert!(health.is_live());
         let progress = Duration::from_millis(health.last_progress_ms.load(Ordering::Relaxed));
         assert!(health.is_live_at(progress + Duration::from_secs(60)));
         assert!(!health.is_live_at(progress + Duration::from_secs(61)));
+    }
+
+    fn at(health: &Health, key: &str) -> Duration {
+        let ms = match key {
+            "progress" => health.last_progress_ms.load(Ordering::Relaxed),
+            _ => *health.lock_attempts().values().min().unwrap(),
+        };
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn failing_attempts_that_end_keep_the_member_alive_past_the_stall_timeout() {
+        let health = Arc::new(Health::new(
+            Duration::from_secs(60),
+            Duration::from_secs(40),
+        ));
+        let mut now = Duration::ZERO;
+        // Ten minutes of attempts that fail after 5 s and back off 10 s.
+        for _ in 0..40 {
+            let attempt = health.attempt();
+            let started = at(&health, "attempt");
+            assert!(health.is_live_at(started + Duration::from_secs(5)));
+            drop(attempt);
+            let ended = at(&health, "progress");
+            assert!(health.is_live_at(ended + Duration::from_secs(10)));
+            now = now.max(ended);
+        }
+        assert!(health.is_live_at(now + Duration::from_secs(60)));
+        assert!(health.lock_attempts().is_empty());
+    }
+
+    #[test]
+    fn an_attempt_hung_past_the_limit_is_not_alive_even_while_others_progress() {
+        let health = Arc::new(Health::new(
+            Duration::from_secs(60),
+            Duration::from_secs(40),
+        ));
+        let hung = health.attempt();
+        let started = at(&health, "attempt");
+        assert!(health.is_live_at(started + Duration::from_secs(40)));
+        // Another lane keeps writing: progress is fresh, the hang still counts.
+        health.progressed();
+        assert!(!health.is_live_at(started + Duration::from_secs(41)));
+        // A finished round trip restarts the attempt's clock.
+        hung.touch();
+        let touched = at(&health, "attempt");
+        assert!(health.is_live_at(touched + Duration::from_secs(40)));
+        assert!(!health.is_live_at(touched + Duration::from_secs(41)));
+        drop(hung);
+        let ended = at(&health, "progress");
+        assert!(health.is_live_at(ended + Duration::from_secs(59)));
+    }
+
+    #[test]
+    fn a_long_attempt_within_its_limit_outlives_the_stall_timeout() {
+        let health = Arc::new(Health::new(Duration::from_secs(5), Duration::from_secs(13)));
+        let attempt = health.attempt();
+        let started = at(&health, "attempt");
+        assert!(health.is_live_at(started + Duration::from_secs(13)));
+        assert!(!health.is_live_at(started + Duration::from_secs(14)));
+        drop(attempt);
+        let ended = at(&health, "progress");
+        assert!(health.is_live_at(ended + Duration::from_secs(5)));
+        assert!(!health.is_live_at(ended + Duration::from_secs(6)));
     }
 }

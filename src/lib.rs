@@ -19,6 +19,7 @@ pub mod poller;
 pub mod produce;
 pub mod retry;
 pub mod sink;
+pub mod split;
 pub mod tls;
 pub mod writer;
 
@@ -35,6 +36,10 @@ use crate::pipeline::{Pipeline, Settings};
 use crate::retry::Backoff;
 use crate::sink::Sink;
 
+/// What liveness allows a write attempt beyond its longest legitimate round
+/// trip (`DatabaseConfig::longest_round_trip`) before it counts as hung.
+const ATTEMPT_SLACK: Duration = Duration::from_secs(10);
+
 /// How often readiness re-checks the database between writes.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -43,7 +48,11 @@ const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), Error> {
     config.validate()?;
     let metrics = Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
-    let health = Arc::new(Health::new(config.health_stall_timeout));
+    let health = Arc::new(Health::new(
+        config.health_stall_timeout,
+        config.database.longest_round_trip() + ATTEMPT_SLACK,
+    ));
+    let migrations = sink::connect_for_migrations(&config.database)?;
     let pool = sink::connect(&config.database)?;
     let services = shutdown.child_token();
     let http = http::serve(
@@ -54,7 +63,10 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
     )
     .await?;
     let result = async {
-        if !migrate_until_done(&pool, &config.database.database_schema, &shutdown).await? {
+        let migrated =
+            migrate_until_done(&migrations, &config.database.database_schema, &shutdown).await?;
+        drop(migrations);
+        if !migrated {
             return Ok(());
         }
         let sink = Sink::new(pool, config.kafka.topic.clone());
@@ -89,7 +101,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
 
 /// Applies the migrations and returns how many were applied.
 pub async fn migrate(config: &DatabaseConfig) -> Result<usize, Error> {
-    let pool = sink::connect(config)?;
+    let pool = sink::connect_for_migrations(config)?;
     Ok(migrate::apply(&pool, &config.database_schema).await?)
 }
 

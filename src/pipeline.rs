@@ -7,10 +7,15 @@
 //! decided by the [`Ledger`] alone: it takes a message only when it was
 //! polled under its partition's current assignment, and names an offset
 //! only once every message before it in that assignment is written. When a
-//! lane's next batch is full before its write finishes, the loop stops
-//! taking messages; the poller then waits and, if that lasts, pauses
-//! fetching (and keeps polling), which bounds memory.
+//! lane's next batch is full before its write finishes, the loop pauses
+//! fetching from that lane's partitions only, so a lane stuck on a lock or a
+//! slow statement does not stop the others; the messages already fetched
+//! for it are still taken (a bounded overshoot). Only if a lane's batch grows
+//! far past its size anyway does the loop stop taking messages; the poller
+//! then waits and, if that lasts, pauses fetching (and keeps polling), which
+//! bounds memory.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
 use crate::budget::Budget;
-use crate::error::Error;
+use crate::error::{Error, SinkError};
 use crate::http::Health;
 use crate::kafka::{Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
@@ -33,6 +38,10 @@ use crate::writer::{Writer, Written};
 
 /// How long shutdown waits for the final commit and the consumer's close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How far past its size a paused lane's batch may grow with the messages
+/// fetched before the pause (the poller's channel holds 2048).
+const OVERSHOOT_ROWS: usize = 4096;
 
 /// Tuning of the loop, from the run configuration.
 #[derive(Clone, Debug)]
@@ -71,6 +80,10 @@ pub struct Pipeline {
     writes: JoinSet<Written>,
     ledger: Ledger,
     budget: Budget,
+    /// Partitions paused because their lane's next batch is full.
+    paused: BTreeSet<i32>,
+    /// Messages of the batches shutdown abandoned at its deadline.
+    abandoned: u64,
 }
 
 impl Pipeline {
@@ -111,6 +124,8 @@ impl Pipeline {
             writes: JoinSet::new(),
             ledger: Ledger::default(),
             budget,
+            paused: BTreeSet::new(),
+            abandoned: 0,
         })
     }
 
@@ -183,6 +198,14 @@ impl Pipeline {
     }
 
     fn drop_work(&mut self, partitions: &[i32]) {
+        // Resume what this member paused: a partition that moves, or comes
+        // back, must not stay paused.
+        let paused: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| self.paused.contains(p))
+            .collect();
+        self.set_paused(&paused, false);
         for lane in &mut self.lanes {
             lane.batch.drop_partitions(partitions);
         }
@@ -206,6 +229,19 @@ impl Pipeline {
                 self.lanes[lane]
                     .batch
                     .add(origin, contribution, reservation);
+                if self.lane_is_full(lane) {
+                    // Each partition of the lane is paused as its next
+                    // message arrives, which also covers new assignments;
+                    // again when it was paused already, because the
+                    // poller's own pause-and-resume of the whole
+                    // assignment (when the channel stays full) resumes it.
+                    tracing::debug!(
+                        lane,
+                        partition = origin.partition,
+                        "lane full while writing, pausing the partition"
+                    );
+                    self.set_paused(&[origin.partition], true);
+                }
             }
             Ok(Consumed { origin, epoch, .. }) => {
                 tracing::debug!(
@@ -242,9 +278,16 @@ impl Pipeline {
             .get_mut(written.lane)
             .and_then(|lane| lane.writing.take())
             .unwrap_or_default();
+        self.resume_lane(written.lane);
         written.record(&self.metrics);
         if let Err(e) = written.result {
             self.ledger.write_failed(&ticket);
+            if matches!(e, SinkError::Abandoned) {
+                // Shutdown's deadline: nothing of it was committed, and its
+                // offsets are not; `drain` reports it.
+                self.abandoned += written.messages;
+                return Ok(());
+            }
             return Err(Error::Database(e));
         }
         // Events sent before the write ended decide what is still ours.
@@ -263,13 +306,60 @@ impl Pipeline {
         self.metrics.buffered_bytes.set(bytes);
     }
 
-    /// Backpressure: when a lane's batch is full while its previous batch
-    /// is still being written, take no more messages until it is done.
+    /// Whether a lane's next batch is full while its previous one is still
+    /// being written.
+    fn lane_is_full(&self, index: usize) -> bool {
+        let lane = &self.lanes[index];
+        lane.writing.is_some() && lane.batch.rows() >= self.settings.batch_max_rows
+    }
+
+    /// Backpressure, per lane: the partitions of a lane whose next batch is
+    /// full are paused (see `on_consumed`) until its write is done; the
+    /// other lanes go on.
+    fn resume_lane(&mut self, index: usize) {
+        let partitions: Vec<i32> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|&p| self.lane_of(p) == index)
+            .collect();
+        self.set_paused(&partitions, false);
+    }
+
+    fn set_paused(&mut self, partitions: &[i32], pause: bool) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut list = rdkafka::TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(&self.settings.topic, partition);
+        }
+        let done = if pause {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, pause, ?partitions, "pausing or resuming partitions");
+        }
+        for &partition in partitions {
+            if pause {
+                self.paused.insert(partition);
+            } else {
+                self.paused.remove(&partition);
+            }
+        }
+    }
+
+    /// Last-resort backpressure: the messages fetched before a lane was
+    /// paused still arrive; if its batch grows far beyond its size anyway,
+    /// take no more messages until its write is done.
     fn accepts_messages(&self) -> bool {
+        let limit = self.settings.batch_max_rows.saturating_mul(2) + OVERSHOOT_ROWS;
         !self
             .lanes
             .iter()
-            .any(|lane| lane.writing.is_some() && lane.batch.rows() >= self.settings.batch_max_rows)
+            .any(|lane| lane.writing.is_some() && lane.batch.rows() >= limit)
     }
 
     /// Starts a write for every idle lane whose batch is full or old enough.
@@ -316,6 +406,7 @@ impl Pipeline {
         let result = self.finish_writes().await;
         abandon_at_deadline.abort();
         result?;
+        let abandoned = self.abandoned;
         self.health.set_in_group(false);
         // The final commit and closing the consumer (librdkafka's last
         // callbacks, leaving the group) block: run them off the async
@@ -348,6 +439,11 @@ impl Pipeline {
                 timeout = ?CLOSE_TIMEOUT,
                 "the kafka consumer did not close in time; exiting without waiting"
             ),
+        }
+        if abandoned > 0 {
+            return Err(Error::Abandoned {
+                messages: abandoned,
+            });
         }
         tracing::info!("shut down cleanly");
         Ok(())

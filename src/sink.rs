@@ -16,6 +16,8 @@ use crate::batch::{deletes_one_version, DeadLetter, Origin, WriteBatch};
 use crate::config::DatabaseConfig;
 use crate::error::{Disposition, SinkError};
 use crate::event::{Action, Change};
+use crate::http::Attempt;
+use crate::split::{Plan, Step};
 use crate::tls::TlsSettings;
 
 /// Upserts a batch of object rows (one per object, reduced by batch.rs).
@@ -100,20 +102,50 @@ impl std::ops::AddAssign for WriteReport {
     }
 }
 
-/// Builds the connection pool. Connections are opened lazily, so a database
-/// that is down at start-up shows as retriable errors, not a crash.
+/// Builds the pool of write connections. Connections are opened lazily, so
+/// a database that is down at start-up shows as retriable errors, not a
+/// crash.
+///
+/// Every wait is bounded: the server cancels a statement after
+/// `statement_timeout` and a lock wait after `lock_timeout`, ends a
+/// transaction left idle (objmeta never leaves one idle longer than a round
+/// trip), and TCP keepalives plus `TCP_USER_TIMEOUT` break a connection to a
+/// peer that stopped answering.
 ///
 /// TLS follows libpq's `sslmode` (and `sslrootcert`), which tokio-postgres
 /// only partly understands: see [`crate::tls::TlsSettings`].
 pub fn connect(config: &DatabaseConfig) -> Result<Pool, SinkError> {
+    let statement = config.database_statement_timeout.as_millis();
+    let options = format!(
+        "-c search_path={} -c statement_timeout={statement} -c lock_timeout={} \
+         -c idle_in_transaction_session_timeout={statement}",
+        config.database_schema,
+        config.database_lock_timeout.as_millis(),
+    );
+    build_pool(config, options)
+}
+
+/// Builds a pool for the migrations: the same connection settings without
+/// the statement and lock timeouts, since a migration may rightly run long
+/// (and waits for another replica's under an advisory lock).
+pub fn connect_for_migrations(config: &DatabaseConfig) -> Result<Pool, SinkError> {
+    build_pool(config, format!("-c search_path={}", config.database_schema))
+}
+
+fn build_pool(config: &DatabaseConfig, options: String) -> Result<Pool, SinkError> {
     let tls = TlsSettings::from_url(&config.database_url)?;
     let mut pg = tokio_postgres::Config::from_str(&tls.driver_url)
         .map_err(|e| SinkError::Url(e.to_string()))?;
-    pg.options(format!("-c search_path={}", config.database_schema));
+    pg.options(options);
     if pg.get_application_name().is_none() {
         pg.application_name("objmeta");
     }
     pg.connect_timeout(config.database_connect_timeout);
+    pg.keepalives(true)
+        .keepalives_idle(config.database_keepalives_idle)
+        .keepalives_interval(config.database_keepalives_interval)
+        .keepalives_retries(config.database_keepalives_retries)
+        .tcp_user_timeout(config.dead_peer_timeout());
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tls.connector()?,
@@ -138,27 +170,104 @@ pub struct Sink {
     topic: String,
 }
 
+/// A pooled connection lent to one write. If the write's future is dropped
+/// before it finished (shutdown abandoned it), the connection may be in the
+/// middle of a statement: it is cancelled on the server and closed instead
+/// of going back to the pool, so nothing of it can commit later.
+struct Lent {
+    client: Option<deadpool_postgres::Client>,
+    finished: bool,
+}
+
+impl Lent {
+    fn client(&mut self) -> Result<&mut deadpool_postgres::Client, SinkError> {
+        self.client.as_mut().ok_or(SinkError::Abandoned)
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if self.finished {
+            return; // back to the pool
+        }
+        let cancel = client.cancel_token();
+        drop(deadpool_postgres::Object::take(client));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::debug!(error = %e, "cancelling an abandoned statement");
+                }
+            });
+        }
+    }
+}
+
 impl Sink {
     pub fn new(pool: Pool, topic: String) -> Self {
         Sink { pool, topic }
     }
 
-    /// Writes the whole batch in one transaction. When the database refuses
-    /// a value, the batch is written again with the offending rows isolated
-    /// and dead-lettered, so one bad row never blocks a partition.
+    /// One attempt at writing the batch, as [`Sink::write_attempt`] with a
+    /// fresh plan, watched by no one (tools and tests outside the pipeline).
     pub async fn write(&self, batch: &WriteBatch) -> Result<WriteReport, SinkError> {
-        let mut client = self
+        let mut plan = Plan::new(&batch.changes);
+        self.write_attempt(batch, &mut plan, &Attempt::detached())
+            .await
+    }
+
+    /// Writes the whole batch in one transaction, one statement per range
+    /// of `plan`. When the database refuses a value, the offending rows are
+    /// isolated and dead-lettered, so one bad row never blocks a partition;
+    /// when a statement may be too big, it is cut in halves and `plan`
+    /// keeps the cuts for the next attempt. `attempt` is told of every
+    /// finished round trip (liveness).
+    pub async fn write_attempt(
+        &self,
+        batch: &WriteBatch,
+        plan: &mut Plan,
+        attempt: &Attempt,
+    ) -> Result<WriteReport, SinkError> {
+        let client = self
             .pool
             .get()
             .await
             .map_err(SinkError::pool("getting a connection"))?;
-        match self.write_whole(&mut client, batch).await {
-            Err(e) if e.disposition() == Disposition::Rejected => {
-                tracing::warn!(error = %e, rows = batch.changes.len(), "database refused a row, isolating it");
-                self.write_isolating(&mut client, batch).await
+        attempt.touch();
+        let mut lent = Lent {
+            client: Some(client),
+            finished: false,
+        };
+        let result = self.write_on(lent.client()?, batch, plan, attempt).await;
+        lent.finished = true;
+        result
+    }
+
+    async fn write_on(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        batch: &WriteBatch,
+        plan: &mut Plan,
+        attempt: &Attempt,
+    ) -> Result<WriteReport, SinkError> {
+        if plan.is_whole() {
+            match self.write_whole(client, batch).await {
+                Err(e) if e.disposition() == Disposition::Rejected => {
+                    tracing::warn!(error = %e, rows = batch.changes.len(), "database refused a row, isolating it");
+                }
+                Err(e) if e.disposition() == Disposition::Split => {
+                    tracing::warn!(error = %e, rows = batch.changes.len(), "batch may be too big, writing it in halves");
+                    if batch.changes.len() > 1 {
+                        plan.cut(&(0..batch.changes.len()));
+                    }
+                }
+                other => return other,
             }
-            other => other,
+            attempt.touch();
         }
+        self.write_planned(client, batch, plan, attempt).await
     }
 
     /// Checks that a connection can be made and used (readiness).
@@ -190,12 +299,15 @@ impl Sink {
         Ok(report)
     }
 
-    /// Bisects the changes under savepoints until every refused row stands
-    /// alone, then dead-letters those rows with the database's reason.
-    async fn write_isolating(
+    /// Writes the plan's ranges under savepoints, halving a range that
+    /// failed as long as `Plan::after_failure` says so, until every refused
+    /// row stands alone; dead-letters those rows with the database's reason.
+    async fn write_planned(
         &self,
         client: &mut deadpool_postgres::Client,
         batch: &WriteBatch,
+        plan: &mut Plan,
+        attempt: &Attempt,
     ) -> Result<WriteReport, SinkError> {
         let mut tx = client
             .transaction()
@@ -203,36 +315,45 @@ impl Sink {
             .map_err(SinkError::postgres("begin"))?;
         let mut report = WriteReport::default();
         let mut refused = Vec::new();
-        let mut ranges = Vec::new();
-        ranges.push(0..batch.changes.len());
+        let mut ranges = plan.ranges();
+        ranges.reverse();
         while let Some(range) = ranges.pop() {
             let savepoint = tx
                 .savepoint("rows")
                 .await
                 .map_err(SinkError::postgres("savepoint"))?;
-            match upsert(&savepoint, Rows::of(batch).slice(range.clone())).await {
+            let result = upsert(&savepoint, Rows::of(batch).slice(range.clone())).await;
+            attempt.touch();
+            let error = match result {
                 Ok(written) => {
                     savepoint
                         .commit()
                         .await
                         .map_err(SinkError::postgres("release savepoint"))?;
                     report += written;
+                    continue;
                 }
-                Err(e) if e.disposition() == Disposition::Rejected => {
-                    savepoint
-                        .rollback()
-                        .await
-                        .map_err(SinkError::postgres("rollback to savepoint"))?;
-                    if range.len() == 1 {
-                        refused.push(refused_row(batch, range.start, &e));
-                    } else {
-                        let middle = range.start + range.len() / 2;
-                        ranges.push(middle..range.end);
-                        ranges.push(range.start..middle);
-                    }
+                Err(e) => e,
+            };
+            match plan.after_failure(&range, &error) {
+                Step::Fail => return Err(error),
+                Step::Refuse => {
+                    tracing::warn!(error = %error, "dead-lettering a row the database does not take");
+                    refused.push(refused_row(batch, range.start, &error));
                 }
-                Err(e) => return Err(e),
+                Step::Halve if error.disposition() == Disposition::Split => {
+                    let (first, second) = plan.cut(&range);
+                    ranges.extend([second, first]);
+                }
+                Step::Halve => {
+                    let middle = range.start + range.len() / 2;
+                    ranges.extend([middle..range.end, range.start..middle]);
+                }
             }
+            savepoint
+                .rollback()
+                .await
+                .map_err(SinkError::postgres("rollback to savepoint"))?;
         }
         report.rejected = refused.len() as u64;
         let all_dead = batch.dead_letters.iter().chain(refused.iter());
@@ -518,7 +639,12 @@ pub async fn watch_readiness(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        let ready = sink.ping().await.is_ok();
+        // A server that stopped answering must read as not ready, not as
+        // whatever the last answer was.
+        let ready = matches!(
+            tokio::time::timeout(interval, sink.ping()).await,
+            Ok(Ok(()))
+        );
         health.set_database_ready(ready);
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -1,6 +1,8 @@
 //! The batch writer: one spawned task per batch write, retrying retriable
-//! database errors with capped, jittered backoff, and the metrics that a
-//! finished write reports.
+//! database errors with capped, jittered backoff (in smaller statements when
+//! the batch may be too big, see `split`), and the metrics that a finished
+//! write reports. Every attempt is registered with `Health`, so a member
+//! that retries stays alive and one whose attempt hangs does not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::{Sink, WriteReport};
+use crate::split::Plan;
 
 /// First delay after a retriable failure; doubles up to the configured cap.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -25,6 +28,8 @@ pub struct Written {
     pub lane: usize,
     /// Offsets that may be committed now that the batch is durable.
     pub commit_offsets: Vec<(i32, i64)>,
+    /// Messages the batch holds (reported when shutdown abandoned it).
+    pub messages: u64,
     families: HashMap<EventFamily, u64>,
     pub result: Result<WriteReport, SinkError>,
 }
@@ -35,6 +40,7 @@ impl Written {
         Written {
             lane,
             commit_offsets: Vec::new(),
+            messages: 0,
             families: HashMap::new(),
             result: Err(SinkError::Pool {
                 context: "batch writer task",
@@ -79,18 +85,27 @@ pub struct Writer {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub retry_max_backoff: Duration,
-    /// Cancelled to abandon retries at shutdown.
+    /// Cancelled at the shutdown deadline: abandons the retries and the
+    /// attempt in flight (its statement is cancelled, nothing of it commits).
     pub abandon: CancellationToken,
 }
 
 impl Writer {
     /// Writes one batch, retrying retriable failures until it succeeds, a
-    /// fatal error occurs, or shutdown abandons it.
+    /// fatal error occurs, or shutdown abandons it (`SinkError::Abandoned`).
     pub async fn write(self, lane: usize, batch: WriteBatch) -> Written {
         let started = Instant::now();
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
+        let mut plan = Plan::new(&batch.changes);
         let result = loop {
-            let error = match self.sink.write(&batch).await {
+            let attempt = self.health.attempt();
+            let written = tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => break Err(SinkError::Abandoned),
+                written = self.sink.write_attempt(&batch, &mut plan, &attempt) => written,
+            };
+            drop(attempt);
+            let error = match written {
                 Ok(report) => {
                     self.health.set_database_ready(true);
                     record_delays(&batch, &self.metrics);
@@ -102,14 +117,14 @@ impl Writer {
                 .db_errors
                 .with_label_values(&[error.kind_label()])
                 .inc();
-            if error.disposition() != Disposition::Retriable {
+            if !error.is_retried() {
                 break Err(error);
             }
             self.health.set_database_ready(false);
             let delay = backoff.next_delay();
             tracing::warn!(error = %error, retry_in = ?delay, rows = batch.changes.len(), "batch write failed, retrying");
             tokio::select! {
-                _ = self.abandon.cancelled() => break Err(error),
+                _ = self.abandon.cancelled() => break Err(SinkError::Abandoned),
                 _ = tokio::time::sleep(delay) => self.metrics.db_retries.inc(),
             }
         };
@@ -119,6 +134,7 @@ impl Writer {
         Written {
             lane,
             commit_offsets: batch.commit_offsets,
+            messages: batch.messages,
             families: batch.families,
             result,
         }

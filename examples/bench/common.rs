@@ -62,6 +62,11 @@ pub async fn migrate(url: &str, schema: &str) -> anyhow::Result<()> {
         database_schema: check_identifier(schema)?.to_string(),
         database_pool_size: 1,
         database_connect_timeout: Duration::from_secs(10),
+        database_statement_timeout: Duration::ZERO,
+        database_lock_timeout: Duration::ZERO,
+        database_keepalives_idle: Duration::from_secs(10),
+        database_keepalives_interval: Duration::from_secs(5),
+        database_keepalives_retries: 3,
     };
     objmeta::migrate(&config)
         .await

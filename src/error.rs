@@ -63,6 +63,15 @@ pub enum SinkError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Even a dead letter stripped of its key and payload was refused: the
+    /// table itself refuses rows (a constraint or trigger added to it).
+    #[error("dead letter of partition {partition} offset {offset} record {record} refused even stripped down: {reason}")]
+    DeadLetterRefused {
+        partition: i32,
+        offset: i64,
+        record: u32,
+        reason: String,
+    },
 }
 
 impl SinkError {
@@ -96,7 +105,9 @@ impl SinkError {
         match self {
             SinkError::Postgres { source, .. } => classify_postgres(source),
             SinkError::Pool { disposition, .. } => *disposition,
-            SinkError::Url(_) | SinkError::Migration { .. } => Disposition::Fatal,
+            SinkError::Url(_)
+            | SinkError::Migration { .. }
+            | SinkError::DeadLetterRefused { .. } => Disposition::Fatal,
         }
     }
 
@@ -110,7 +121,9 @@ impl SinkError {
                 Disposition::Rejected => "rejected",
                 Disposition::Fatal => "fatal",
             },
-            SinkError::Url(_) | SinkError::Migration { .. } => "fatal",
+            SinkError::Url(_)
+            | SinkError::Migration { .. }
+            | SinkError::DeadLetterRefused { .. } => "fatal",
         }
     }
 }

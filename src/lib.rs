@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod budget;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod http;

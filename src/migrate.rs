@@ -25,6 +25,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_order_by_position.sql",
         sql: include_str!("../sql/0002_order_by_position.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_dead_letter_records.sql",
+        sql: include_str!("../sql/0003_dead_letter_records.sql"),
+    },
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

@@ -69,11 +69,7 @@ async fn two_refused_records_of_one_message_are_two_dead_letters() {
 
     let dead = rows(&bed).await;
     let keys: Vec<(i64, i32)> = dead.iter().map(|d| (d.0, d.1)).collect();
-    assert_eq!(
-        keys,
-        vec![(0, 0), (0, 2)],
-        "records 0 and 2 refused: {dead:?}"
-    );
+    assert_eq!(keys, vec![(0, 0), (0, 2)], "records 0 and 2 refused");
     for (_, _, payload, reason) in &dead {
         assert!(reason.contains("54000"), "{reason}");
         let change: Value = serde_json::from_slice(payload.as_deref().unwrap()).unwrap();
@@ -120,7 +116,8 @@ async fn the_metric_counts_only_rows_actually_inserted() {
     let counted = TestBed::metric(service.http_port, series).await;
     service.stop().await.unwrap();
     let dead = rows(&bed).await;
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    let reasons: Vec<&str> = dead.iter().map(|d| d.3.as_str()).collect();
+    assert_eq!(dead.len(), 2, "{reasons:?}");
     assert_eq!(dead[0].3, "stored by an earlier run");
     assert_eq!(counted, Some(1.0), "only offset 1 was inserted");
 }
@@ -161,7 +158,8 @@ async fn a_dead_letter_the_database_refuses_is_stored_stripped_down() {
     service.stop().await.expect("a clean stop, no fatal error");
 
     let dead = rows(&bed).await;
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    let reasons: Vec<&str> = dead.iter().map(|d| d.3.as_str()).collect();
+    assert_eq!(dead.len(), 3, "{reasons:?}");
     let (_, record, payload, reason) = &dead[0];
     assert_eq!(*record, 0);
     assert_eq!(payload.as_deref(), Some(&accented[..]), "bytes kept");

@@ -224,7 +224,10 @@ async fn mistyped_and_invalid_properties_never_show_their_value() {
         (&["security.protocol=hunter2-c"], "security.protocol", false),
         (&["fetch.min.bytes=-987654"], "fetch.min.bytes", false),
         (
-            &["security.protocol=SASL_PLAINTEXT", "sasl.mechanism=hunter2-d"],
+            &[
+                "security.protocol=SASL_PLAINTEXT",
+                "sasl.mechanism=hunter2-d",
+            ],
             "Unsupported SASL mechanism",
             false,
         ),
@@ -256,7 +259,10 @@ async fn mistyped_and_invalid_properties_never_show_their_value() {
             String::new()
         };
         let log = run.log();
-        assert!(log.contains(expected), "{properties:?}: {expected:?} missing:\n{log}");
+        assert!(
+            log.contains(expected),
+            "{properties:?}: {expected:?} missing:\n{log}"
+        );
         for secret in &secrets {
             assert!(
                 !log.contains(secret) && !metrics.contains(secret),

@@ -35,10 +35,17 @@ pub struct Origin {
     pub offset: i64,
 }
 
-/// A message that could not be used, kept with its raw bytes and the reason.
+/// A message (or one record of it) that could not be used, kept with its
+/// raw bytes and the reason.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeadLetter {
     pub origin: Origin,
+    /// Which record of the message: the index in `Records` of a change the
+    /// database refused; 0 for a message that could not be parsed as a whole
+    /// (it is the only dead letter of its offset). Part of the row's key.
+    pub record: u32,
+    /// The `reason` label of `objmeta_dead_letters_total`.
+    pub code: &'static str,
     pub message_key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub reason: String,
@@ -340,6 +347,7 @@ mod tests {
             event_time: OffsetDateTime::UNIX_EPOCH,
             sequencer,
             action,
+            record: 0,
         }
     }
 
@@ -487,6 +495,8 @@ mod tests {
         let mut batch = Batch::default();
         let dead_letter = DeadLetter {
             origin: origin(2, 7),
+            record: 0,
+            code: "invalid_json",
             message_key: None,
             payload: Some(b"{".to_vec()),
             reason: "invalid json".into(),

@@ -1,9 +1,13 @@
 //! Command line and environment configuration: the only module that reads
 //! environment variables. Everything below `run()` receives typed values.
 
+use std::ffi::OsStr;
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
@@ -75,7 +79,7 @@ pub struct RunConfig {
 }
 
 /// Kafka connection and consumer-group settings.
-#[derive(Clone, Debug, Args)]
+#[derive(Clone, Args)]
 pub struct KafkaConfig {
     /// Kafka bootstrap servers, `host:port[,host:port…]`.
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -90,8 +94,25 @@ pub struct KafkaConfig {
     /// In the environment, separate several with `;`. Overrides objmeta's defaults,
     /// except `enable.auto.commit`, which objmeta keeps off (it commits after each write).
     /// Its environment value is hidden in `--help`: it may hold `sasl.password`.
-    #[arg(short = 'X', long = "kafka-property", env = "KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ';', value_parser = parse_property)]
+    #[arg(short = 'X', long = "kafka-property", env = "KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ';', value_parser = PropertyParser)]
     pub properties: Vec<(String, String)>,
+}
+
+/// Shows the `-X` property names only: their values may be secrets.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: Vec<String> = self
+            .properties
+            .iter()
+            .map(|(key, _)| format!("{key}=[redacted]"))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 /// PostgreSQL connection settings.
@@ -101,8 +122,8 @@ pub struct DatabaseConfig {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Schema holding objmeta's tables (created by the migrations when missing).
-    #[arg(long, env = "DATABASE_SCHEMA", default_value = "public", value_parser = parse_schema)]
-    pub database_schema: String,
+    #[arg(long, env = "DATABASE_SCHEMA", default_value = "public", value_parser = Schema::parse)]
+    pub database_schema: Schema,
     /// Most connections objmeta opens.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 4)]
     pub database_pool_size: usize,
@@ -203,13 +224,44 @@ impl RunConfig {
 }
 
 /// Parses one `key=value` librdkafka property (shared with `objmeta produce`).
-pub(crate) fn parse_property(raw: &str) -> Result<(String, String), String> {
-    let (key, value) = raw
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {raw:?}"))?;
+///
+/// A clap value parser of its own because clap's errors for a plain parser
+/// function quote the refused argument, and a mistyped `-X` (a `:` for the
+/// `=`) may hold a password: this one's errors never repeat the argument.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PropertyParser;
+
+impl TypedValueParser for PropertyParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let refuse = |problem: &str| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "-X/--kafka-property (KAFKA_PROPERTIES) {problem}; the argument is not shown \
+                     because it may hold a secret\n"
+                ),
+            )
+            .with_cmd(cmd)
+        };
+        let raw = value.to_str().ok_or_else(|| refuse("is not valid UTF-8"))?;
+        parse_property(raw).map_err(refuse)
+    }
+}
+
+/// `key=value`, the key trimmed; the error says what is wrong without
+/// quoting `raw`.
+fn parse_property(raw: &str) -> Result<(String, String), &'static str> {
+    let (key, value) = raw.split_once('=').ok_or("expects key=value")?;
     let key = key.trim();
     if key.is_empty() {
-        return Err(format!("empty property name in {raw:?}"));
+        return Err("has an empty property name");
     }
     Ok((key.to_string(), value.to_string()))
 }
@@ -238,20 +290,39 @@ fn parse_bytes(raw: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-/// Schema names go into `search_path`, so only plain identifiers are allowed.
-fn parse_schema(raw: &str) -> Result<String, String> {
-    let valid = !raw.is_empty()
-        && raw.len() <= 63
-        && raw.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if valid {
-        Ok(raw.to_string())
-    } else {
-        Err(format!(
-            "{raw:?} is not a plain lower-case identifier (a-z, 0-9, _)"
-        ))
+/// A database schema name that passed the identifier check: the only way to
+/// make one, so SQL and `search_path` are only ever built from checked names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schema(String);
+
+impl Schema {
+    /// Schema names go into `search_path` and DDL, where they cannot be bound
+    /// parameters: only plain lower-case identifiers (at most 63 bytes, the
+    /// PostgreSQL limit) are allowed, so no quoting is ever needed.
+    pub fn parse(raw: &str) -> Result<Schema, String> {
+        let valid = !raw.is_empty()
+            && raw.len() <= 63
+            && raw.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(Schema(raw.to_string()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a plain lower-case identifier (a-z, 0-9, _; at most 63 characters, not starting with a digit)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -306,6 +377,7 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("key=value"), "{err}");
+        assert!(!err.to_string().contains("novalue"), "{err}");
         let err =
             parse(&["migrate", "--database-url", "u", "--database-schema", "a;b"]).unwrap_err();
         assert!(err.to_string().contains("identifier"), "{err}");
@@ -354,5 +426,65 @@ mod tests {
             config.database.longest_round_trip(),
             Duration::from_secs(25)
         );
+    }
+
+    #[test]
+    fn a_refused_property_is_never_quoted() {
+        for (flag, raw) in [
+            ("-X", "sasl.password:hunter2"),
+            ("-X", "=hunter2"),
+            ("-X", " =hunter2"),
+            ("--kafka-property", "hunter2"),
+        ] {
+            let args = ["run", "--brokers", "k", "--database-url", "u", flag, raw];
+            let err = parse(&args).unwrap_err();
+            let rendered = err.render().to_string();
+            assert!(rendered.contains("kafka-property"), "{rendered}");
+            assert!(!rendered.contains("hunter2"), "{raw}: {rendered}");
+        }
+        let err = parse(&["produce", "--brokers", "k", "-X", "sasl.password hunter2"]).unwrap_err();
+        assert!(!err.render().to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_shows_property_names_only() {
+        let cli = parse(&[
+            "run",
+            "--brokers",
+            "k",
+            "--database-url",
+            "u",
+            "-X",
+            "sasl.passwrd=hunter2",
+        ])
+        .unwrap();
+        let Command::Run(config) = cli.command else {
+            panic!("expected run")
+        };
+        let debug = format!("{config:?}");
+        assert!(debug.contains("sasl.passwrd=[redacted]"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["public", "_x", "s_1", &"a".repeat(63)] {
+            assert_eq!(Schema::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Public",
+            "a;b",
+            "a b",
+            "a-b",
+            "a\"b",
+            "s.t",
+            "é",
+            "a\0",
+            &"a".repeat(64),
+        ] {
+            assert!(Schema::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -95,6 +95,15 @@ pub enum SinkError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Even a dead letter stripped of its key and payload was refused: the
+    /// table itself refuses rows (a constraint or trigger added to it).
+    #[error("dead letter of partition {partition} offset {offset} record {record} refused even stripped down: {reason}")]
+    DeadLetterRefused {
+        partition: i32,
+        offset: i64,
+        record: u32,
+        reason: String,
+    },
 }
 
 impl SinkError {
@@ -128,8 +137,10 @@ impl SinkError {
         match self {
             SinkError::Postgres { source, .. } => classify_postgres(source),
             SinkError::Pool { disposition, .. } => *disposition,
-            SinkError::Url(_) | SinkError::Migration { .. } => Disposition::Fatal,
-            SinkError::Abandoned => Disposition::Fatal,
+            SinkError::Url(_)
+            | SinkError::Migration { .. }
+            | SinkError::DeadLetterRefused { .. }
+            | SinkError::Abandoned => Disposition::Fatal,
         }
     }
 
@@ -164,7 +175,9 @@ impl SinkError {
                 Disposition::Rejected => "rejected",
                 Disposition::Fatal => "fatal",
             },
-            SinkError::Url(_) | SinkError::Migration { .. } => "fatal",
+            SinkError::Url(_)
+            | SinkError::Migration { .. }
+            | SinkError::DeadLetterRefused { .. } => "fatal",
             SinkError::Abandoned => "abandoned",
         }
     }

@@ -24,7 +24,7 @@ use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
@@ -34,6 +34,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::offsets::{Epoch, RevokeReply};
+use crate::redact::Redactor;
 
 /// The consumer type used throughout objmeta: polled by the poller thread,
 /// paused and resumed by it, committed by the committer thread (librdkafka's
@@ -68,6 +69,8 @@ pub struct Context {
     /// The offsets last committed successfully, so that unchanged ones are
     /// not committed again.
     committed: Mutex<BTreeMap<i32, i64>>,
+    /// Keeps the `-X` values out of what librdkafka reports.
+    redactor: Redactor,
 }
 
 /// How long a revoke waits for the in-flight writes of its partitions, so
@@ -175,9 +178,13 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.redactor.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.kafka_errors.inc();
-        tracing::warn!(error = %error, reason, "kafka client error");
+        self.redactor.client_error(&error, reason);
     }
 
     /// Exports the lag of the partitions this member owns; partitions it
@@ -269,6 +276,7 @@ fn base_config(config: &KafkaConfig, prefetch_kib: usize) -> ClientConfig {
 }
 
 /// Creates the consumer and subscribes it to the topic.
+/// Errors never carry a `-X` value (see `redact`).
 pub fn subscribe(
     config: &KafkaConfig,
     prefetch_kib: usize,
@@ -290,9 +298,15 @@ pub fn subscribe(
         events,
         epoch: AtomicU64::new(0),
         committed: Mutex::new(BTreeMap::new()),
+        redactor: Redactor::new(&config.properties),
     };
-    let consumer: KafkaConsumer = client.create_with_context(context)?;
-    consumer.subscribe(&[&config.topic])?;
+    let redactor = context.redactor.clone();
+    let consumer: KafkaConsumer = client
+        .create_with_context(context)
+        .map_err(|e| redactor.error(e))?;
+    consumer
+        .subscribe(&[&config.topic])
+        .map_err(|e| redactor.error(e))?;
     Ok((Arc::new(consumer), receiver))
 }
 

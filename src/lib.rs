@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod budget;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod offsets;
 pub mod pipeline;
 pub mod poller;
 pub mod produce;
+pub mod redact;
 pub mod retry;
 pub mod sink;
 pub mod split;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseConfig, RunConfig};
+use crate::config::{DatabaseConfig, RunConfig, Schema};
 use crate::error::{Disposition, Error, SinkError};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -109,7 +111,7 @@ pub async fn migrate(config: &DatabaseConfig) -> Result<usize, Error> {
 /// objmeta can start before PostgreSQL. Returns `false` when shut down first.
 async fn migrate_until_done(
     pool: &deadpool_postgres::Pool,
-    schema: &str,
+    schema: &Schema,
     shutdown: &CancellationToken,
 ) -> Result<bool, SinkError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));

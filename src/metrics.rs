@@ -44,7 +44,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// Object rows written, by result (upserted, tombstoned, stale, rejected).
     pub rows: IntCounterVec,
-    /// Dead-letter rows written, by reason code.
+    /// Dead-letter rows inserted (counted after the insert, so a redelivered
+    /// message's existing row is not counted twice), by reason code.
     pub dead_letters: IntCounterVec,
     /// Rows per written batch (objects plus dead letters).
     pub batch_rows: Histogram,
@@ -93,7 +94,7 @@ impl Metrics {
             )?,
             dead_letters: counter_vec(
                 "objmeta_dead_letters_total",
-                "Messages written to the dead_letters table, by reason code",
+                "Rows inserted into the dead_letters table (a message, or one record the database refused), by reason code",
                 &["reason"],
             )?,
             batch_rows: Histogram::with_opts(

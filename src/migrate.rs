@@ -4,6 +4,7 @@
 
 use deadpool_postgres::Pool;
 
+use crate::config::Schema;
 use crate::error::SinkError;
 
 /// A migration: its file name (the version is its numeric prefix) and SQL.
@@ -24,13 +25,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_order_by_position.sql",
         sql: include_str!("../sql/0002_order_by_position.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_dead_letter_records.sql",
+        sql: include_str!("../sql/0003_dead_letter_records.sql"),
+    },
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK_KEY: i64 = 0x6f626a6d657461; // "objmeta"
 
 /// Applies every migration the schema does not have yet; returns how many.
-pub async fn apply(pool: &Pool, schema: &str) -> Result<usize, SinkError> {
+///
+/// The pool's connections must have `schema` as their `search_path` (see
+/// `sink::connect`): the migrations name their tables unqualified.
+pub async fn apply(pool: &Pool, schema: &Schema) -> Result<usize, SinkError> {
     let mut client = pool
         .get()
         .await
@@ -44,7 +53,8 @@ pub async fn apply(pool: &Pool, schema: &str) -> Result<usize, SinkError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(SinkError::postgres("taking the migration lock"))?;
-    // The schema name was validated as a plain identifier by the config.
+    // DDL cannot take the name as a bound parameter; a `Schema` is a
+    // checked plain identifier, which needs no quoting.
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS objmeta_migrations (
@@ -80,7 +90,11 @@ pub async fn apply(pool: &Pool, schema: &str) -> Result<usize, SinkError> {
         )
         .await
         .map_err(SinkError::postgres("recording a migration"))?;
-        tracing::info!(migration = migration.name, schema, "applied migration");
+        tracing::info!(
+            migration = migration.name,
+            schema = schema.as_str(),
+            "applied migration"
+        );
         applied += 1;
     }
     tx.commit()

@@ -321,10 +321,12 @@ fn contribution(message: &BorrowedMessage<'_>, metrics: &Metrics) -> (Origin, Co
                 .events
                 .with_label_values(&["unknown", "dead_lettered"])
                 .inc();
-            metrics.dead_letters.with_label_values(&[e.label()]).inc();
+            // objmeta_dead_letters_total counts the row once it is stored.
             tracing::warn!(partition = origin.partition, offset = origin.offset, error = %e, "dead-lettering message");
             let dead_letter = DeadLetter {
                 origin,
+                record: 0,
+                code: e.label(),
                 message_key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().map(<[u8]>::to_vec),
                 reason: e.to_string(),

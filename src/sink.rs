@@ -14,6 +14,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::batch::{deletes_one_version, DeadLetter, Origin, WriteBatch};
 use crate::config::DatabaseConfig;
+use crate::dead_letter::{insert_dead_letters, DeadLetterCounts};
 use crate::error::{Disposition, SinkError};
 use crate::event::{Action, Change};
 use crate::http::Attempt;
@@ -71,23 +72,18 @@ WITH incoming AS (
 SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
 "#;
 
-const DEAD_LETTER_SQL: &str = r#"
-INSERT INTO dead_letters (topic, partition, "offset", message_key, payload, reason)
-SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::text[])
-ON CONFLICT (topic, partition, "offset") DO NOTHING
-"#;
-
 /// The metadata of a tombstone.
 const EMPTY_OBJECT: &str = "{}";
 
 /// What one batch write did, for metrics and logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteReport {
     pub upserted: u64,
     pub tombstoned: u64,
     /// Changes the stored state already superseded (duplicates, late arrivals).
     pub stale: u64,
-    pub dead_letters: u64,
+    /// Dead-letter rows inserted (not those already stored), per reason code.
+    pub dead_letters: DeadLetterCounts,
     /// Changes the database refused (dead-lettered individually).
     pub rejected: u64,
 }
@@ -552,59 +548,27 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-async fn insert_dead_letters<'a>(
-    client: &impl GenericClient,
-    topic: &str,
-    dead_letters: impl IntoIterator<Item = &'a DeadLetter>,
-) -> Result<u64, SinkError> {
-    let mut topics = Vec::new();
-    let mut partitions = Vec::new();
-    let mut offsets = Vec::new();
-    let mut keys = Vec::new();
-    let mut payloads = Vec::new();
-    let mut reasons = Vec::new();
-    for dead_letter in dead_letters {
-        topics.push(topic);
-        partitions.push(dead_letter.origin.partition);
-        offsets.push(dead_letter.origin.offset);
-        keys.push(dead_letter.message_key.as_deref());
-        payloads.push(dead_letter.payload.as_deref());
-        // text cannot hold U+0000; the raw bytes are kept in `payload`.
-        reasons.push(dead_letter.reason.replace('\0', "\\u0000"));
-    }
-    if topics.is_empty() {
-        return Ok(0);
-    }
-    let statement = client
-        .prepare_cached(DEAD_LETTER_SQL)
-        .await
-        .map_err(SinkError::postgres("prepare dead letters"))?;
-    client
-        .execute(
-            &statement,
-            &[&topics, &partitions, &offsets, &keys, &payloads, &reasons],
-        )
-        .await
-        .map_err(SinkError::postgres("insert dead letters"))?;
-    Ok(topics.len() as u64)
-}
-
 /// A change the database refused, as a dead letter. The original payload
 /// is not kept in memory for every message, so the dead letter carries the
-/// parsed change as JSON: everything the row would have held.
+/// parsed change as JSON: everything the row would have held. Its key is
+/// the change's record, so that two refused records of one message are
+/// both kept.
 fn refused_row(batch: &WriteBatch, index: usize, error: &SinkError) -> DeadLetter {
     let change = &batch.changes[index];
     let origin = batch.origins[index];
     let message_key = format!("{}/{}", change.object.bucket, change.object.key);
     DeadLetter {
         origin,
+        record: change.record,
+        code: "database_rejected",
         message_key: Some(message_key.into_bytes()),
         payload: Some(change_as_json(change).to_string().into_bytes()),
         reason: format!("database refused the row: {}", database_reason(error)),
     }
 }
 
-fn database_reason(error: &SinkError) -> String {
+/// The server's message and SQLSTATE (the driver's `Display` hides them).
+pub(crate) fn database_reason(error: &SinkError) -> String {
     match error {
         SinkError::Postgres { source, .. } => crate::error::describe_postgres(source),
         other => other.to_string(),

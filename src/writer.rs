@@ -69,11 +69,11 @@ impl Written {
         rows.with_label_values(&["stale"]).inc_by(report.stale);
         rows.with_label_values(&["rejected"])
             .inc_by(report.rejected);
-        if report.rejected > 0 {
+        for (reason, inserted) in report.dead_letters.iter() {
             metrics
                 .dead_letters
-                .with_label_values(&["database_rejected"])
-                .inc_by(report.rejected);
+                .with_label_values(&[reason])
+                .inc_by(inserted);
         }
     }
 }

@@ -209,3 +209,65 @@ async fn tls_sasl_least_privilege_and_no_secret_in_logs() {
         outputs.len()
     );
 }
+
+/// A mistyped or invalid `-X` property: librdkafka's texts quote the value
+/// (`Invalid value "…"`, `Unsupported SASL mechanism: …`, CONFWARN lines),
+/// and clap quotes a refused argument. None of it may show the value, in
+/// the real binary's log, its error, or /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistyped_and_invalid_properties_never_show_their_value() {
+    let bed = common::TestBed::new("xsecret", 1).await;
+    // (properties, a text the log must show instead, keeps running)
+    let cases: [(&[&str], &str, bool); 6] = [
+        (&["sasl.passwrd=hunter2-a"], "sasl.passwrd", false),
+        (&["sasl.password:hunter2-b"], "kafka-property", false),
+        (&["security.protocol=hunter2-c"], "security.protocol", false),
+        (&["fetch.min.bytes=-987654"], "fetch.min.bytes", false),
+        (
+            &[
+                "security.protocol=SASL_PLAINTEXT",
+                "sasl.mechanism=hunter2-d",
+            ],
+            "Unsupported SASL mechanism",
+            false,
+        ),
+        (&["sasl.mechanism=hunter2-e"], "CONFWARN", true),
+    ];
+    for (properties, expected, keeps_running) in cases {
+        let secrets: Vec<&str> = properties
+            .iter()
+            .filter_map(|p| p.split_once(['=', ':']).map(|(_, v)| v))
+            .filter(|v| v.contains("hunter2") || v.starts_with('-'))
+            .collect();
+        let args: Vec<&str> = properties.iter().flat_map(|p| ["-X", *p]).collect();
+        let mut run = bed.spawn_binary_env(&args, &[("LOG_LEVEL", "debug")]);
+        let metrics = if keeps_running {
+            wait_until(Duration::from_secs(60), expected, || {
+                let log = run.log();
+                async move { log.contains(expected).then_some(()) }
+            })
+            .await;
+            let metrics = http_get(run.http_port, "/metrics").await.map(|r| r.1);
+            run.terminate(Duration::from_secs(60)).await;
+            metrics.expect("/metrics answers")
+        } else {
+            wait_until(Duration::from_secs(60), "objmeta to exit", || {
+                let exited = !run.running();
+                async move { exited.then_some(()) }
+            })
+            .await;
+            String::new()
+        };
+        let log = run.log();
+        assert!(
+            log.contains(expected),
+            "{properties:?}: {expected:?} missing:\n{log}"
+        );
+        for secret in &secrets {
+            assert!(
+                !log.contains(secret) && !metrics.contains(secret),
+                "{properties:?}: {secret} appears:\n{log}"
+            );
+        }
+    }
+}

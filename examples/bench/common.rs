@@ -59,7 +59,7 @@ pub async fn connect(url: &str, schema: &str) -> anyhow::Result<Client> {
 pub async fn migrate(url: &str, schema: &str) -> anyhow::Result<()> {
     let config = DatabaseConfig {
         database_url: url.to_string(),
-        database_schema: check_identifier(schema)?.to_string(),
+        database_schema: objmeta::config::Schema::parse(schema).map_err(anyhow::Error::msg)?,
         database_pool_size: 1,
         database_connect_timeout: Duration::from_secs(10),
         database_statement_timeout: Duration::ZERO,

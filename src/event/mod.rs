@@ -39,6 +39,9 @@ pub struct Change {
     /// MinIO's hex sequencer as a number: orders the events of one object (newer or equal wins).
     pub sequencer: i64,
     pub action: Action,
+    /// Index of the record in its message's `Records`: with the message's
+    /// partition and offset it names the record, e.g. in a dead letter.
+    pub record: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -267,7 +270,7 @@ pub fn parse(payload: Option<&[u8]>) -> Result<Parsed, ParseError> {
         skipped: Vec::new(),
     };
     for (index, record) in records.iter().enumerate() {
-        let outcome = convert(record).map_err(|error| ParseError::Record {
+        let outcome = convert(record, index).map_err(|error| ParseError::Record {
             index,
             error: Box::new(error),
         })?;
@@ -304,7 +307,7 @@ fn deserialize_records(bytes: &[u8]) -> Result<Vec<Record<'_>>, ParseError> {
 }
 
 /// A record's change, or its family when it changes no rows.
-fn convert(record: &Record<'_>) -> Result<Result<Change, EventFamily>, ParseError> {
+fn convert(record: &Record<'_>, index: usize) -> Result<Result<Change, EventFamily>, ParseError> {
     let name = &record.event_name;
     if !name.starts_with("s3:") {
         let error = ParseError::NotS3EventName {
@@ -337,6 +340,8 @@ fn convert(record: &Record<'_>) -> Result<Result<Change, EventFamily>, ParseErro
         event_time,
         sequencer,
         action,
+        // No message holds 2^32 records; saturating keeps this total.
+        record: u32::try_from(index).unwrap_or(u32::MAX),
     }))
 }
 
@@ -1253,6 +1258,9 @@ mod tests {
         assert_eq!(parsed.changes[0].object.key, "dir/file one.txt");
         assert_eq!(parsed.changes[1].object.key, "other.txt");
         assert!(matches!(parsed.changes[1].action, Action::Remove { .. }));
+        // Each change knows its own record, skipped records included in the count.
+        let records: Vec<u32> = parsed.changes.iter().map(|c| c.record).collect();
+        assert_eq!(records, vec![0, 2]);
     }
 
     #[test]

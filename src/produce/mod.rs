@@ -11,8 +11,8 @@ mod workload;
 pub use workload::{event_time, guide_scenario, workload, ProducedMessage, Workload, WorkloadSpec};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+
+use crate::redact::{RedactingContext, Redactor};
 
 /// Arguments of `objmeta produce`.
 #[derive(clap::Args, Debug, Clone)]
@@ -70,7 +72,7 @@ pub struct ProduceArgs {
         env = "KAFKA_PROPERTIES",
         value_delimiter = ';',
         hide_env_values = true,
-        value_parser = crate::config::parse_property
+        value_parser = crate::config::PropertyParser
     )]
     pub kafka_property: Vec<(String, String)>,
 }
@@ -146,10 +148,15 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ProduceSummary> {
     .with_wall_clock();
     let total = workload.len_hint();
     let base = base_config(&args.brokers, &args.kafka_property);
-    ensure_topic(&base, &args.topic, args.partitions).await?;
+    let redactor = Redactor::new(&args.kafka_property);
+    ensure_topic(&base, &args.topic, args.partitions, &redactor).await?;
+    let tracker = DeliveryTracker {
+        redactor: redactor.clone(),
+        ..DeliveryTracker::default()
+    };
     let producer: ThreadedProducer<DeliveryTracker> = producer_config(base, &args.kafka_property)
-        .create_with_context(DeliveryTracker::default())
-        .map_err(ProduceError::Client)?;
+        .create_with_context(tracker)
+        .map_err(|e| ProduceError::Client(redactor.error(e)))?;
     let mut progress = Progress::new(total);
     let sent = publish(
         &producer,
@@ -206,9 +213,7 @@ fn producer_config(mut config: ClientConfig, properties: &[(String, String)]) ->
 }
 
 fn apply_properties(config: &mut ClientConfig, properties: &[(String, String)]) {
-    for (key, value) in properties {
-        config.set(key, value);
-    }
+    crate::redact::apply(config, properties);
 }
 
 /// Creates the topic when it does not exist; the broker's default replication factor is used.
@@ -216,8 +221,11 @@ async fn ensure_topic(
     config: &ClientConfig,
     topic: &str,
     partitions: i32,
+    redactor: &Redactor,
 ) -> Result<(), ProduceError> {
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(ProduceError::Client)?;
+    let admin: AdminClient<RedactingContext> = config
+        .create_with_context(RedactingContext(redactor.clone()))
+        .map_err(|e| ProduceError::Client(redactor.error(e)))?;
     let timeout = Some(ADMIN_TIMEOUT);
     let options = AdminOptions::new()
         .request_timeout(timeout)
@@ -225,16 +233,15 @@ async fn ensure_topic(
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let failed = |reason: String| ProduceError::CreateTopic {
         topic: topic.to_string(),
-        brokers: config
-            .get("bootstrap.servers")
-            .unwrap_or_default()
-            .to_string(),
+        brokers: redactor
+            .scrub(config.get("bootstrap.servers").unwrap_or_default())
+            .into_owned(),
         reason,
     };
     let results = admin
         .create_topics([&new_topic], &options)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(redactor.scrub(&e.to_string()).into_owned()))?;
     for result in results {
         match result {
             Ok(_) => eprintln!("created topic {topic} with {partitions} partitions"),
@@ -330,9 +337,18 @@ struct DeliveryTracker {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    redactor: Redactor,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.redactor.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.redactor.client_error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();

@@ -26,8 +26,6 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 pub struct Written {
     /// The lane that wrote the batch.
     pub lane: usize,
-    /// Offsets that may be committed now that the batch is durable.
-    pub commit_offsets: Vec<(i32, i64)>,
     /// Messages the batch holds (reported when shutdown abandoned it).
     pub messages: u64,
     families: HashMap<EventFamily, u64>,
@@ -39,7 +37,6 @@ impl Written {
     pub fn crashed(lane: usize, error: &tokio::task::JoinError) -> Self {
         Written {
             lane,
-            commit_offsets: Vec::new(),
             messages: 0,
             families: HashMap::new(),
             result: Err(SinkError::Pool {
@@ -133,7 +130,6 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         Written {
             lane,
-            commit_offsets: batch.commit_offsets,
             messages: batch.messages,
             families: batch.families,
             result,

@@ -334,6 +334,16 @@ mod tests {
         Cli::try_parse_from(std::iter::once("objmeta").chain(args.iter().copied()))
     }
 
+    /// `objmeta run` with the required flags and `extra`.
+    fn run_config(extra: &[&str]) -> Box<RunConfig> {
+        let required = ["run", "--brokers", "k", "--database-url", "u"];
+        let args: Vec<&str> = required.iter().chain(extra).copied().collect();
+        match parse(&args).unwrap().command {
+            Command::Run(config) => config,
+            _ => panic!("expected run"),
+        }
+    }
+
     #[test]
     fn run_takes_defaults_and_properties() {
         let cli = parse(&[
@@ -385,40 +395,19 @@ mod tests {
         assert_eq!(parse_bytes("65536"), Ok(65536));
         assert!(parse_bytes("1KiB").unwrap_err().contains("minimum"));
         assert!(parse_bytes("3 parsecs").unwrap_err().contains("unit"));
-        let cli = parse(&[
-            "run",
-            "--brokers",
-            "k",
-            "--database-url",
-            "u",
-            "--batch-max-rows",
-            "0",
-        ])
-        .unwrap();
-        let Command::Run(config) = cli.command else {
-            panic!("expected run")
-        };
+        let config = run_config(&["--batch-max-rows", "0"]);
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("BATCH_MAX_ROWS"), "{err}");
     }
 
     #[test]
     fn a_lock_wait_must_end_before_the_statement_timeout() {
-        let cli = parse(&[
-            "run",
-            "--brokers",
-            "k",
-            "--database-url",
-            "u",
+        let config = run_config(&[
             "--database-statement-timeout",
             "5s",
             "--database-lock-timeout",
             "5s",
-        ])
-        .unwrap();
-        let Command::Run(config) = cli.command else {
-            panic!("expected run")
-        };
+        ]);
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("DATABASE_LOCK_TIMEOUT"), "{err}");
         assert_eq!(config.database.dead_peer_timeout(), Duration::from_secs(25));
@@ -448,19 +437,7 @@ mod tests {
 
     #[test]
     fn debug_output_shows_property_names_only() {
-        let cli = parse(&[
-            "run",
-            "--brokers",
-            "k",
-            "--database-url",
-            "u",
-            "-X",
-            "sasl.passwrd=hunter2",
-        ])
-        .unwrap();
-        let Command::Run(config) = cli.command else {
-            panic!("expected run")
-        };
+        let config = run_config(&["-X", "sasl.passwrd=hunter2"]);
         let debug = format!("{config:?}");
         assert!(debug.contains("sasl.passwrd=[redacted]"), "{debug}");
         assert!(!debug.contains("hunter2"), "{debug}");

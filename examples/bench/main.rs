@@ -8,10 +8,13 @@
 //! - `wait-committed`: waits until a group's committed offsets reach the topic's end offsets,
 //!   sampling the CPU and memory of the given processes meanwhile.
 //! - `probe`: publish time → row visible, per message, while a producer runs at a fixed rate.
+//! - `flood`: creates a topic that admits ~1 MiB messages and fills it with large events and
+//!   large invalid payloads (the bounded-memory scenario).
 //! - `cleanup`: drops a run's schemas and topics.
 
 mod ceiling;
 mod common;
+mod flood;
 mod naive;
 mod probe;
 mod report;
@@ -36,6 +39,8 @@ enum Cmd {
     WaitCommitted(wait::Args),
     /// Measure publish → row-visible delay while events arrive at a fixed rate.
     Probe(probe::Args),
+    /// Create a topic for large messages and fill it with ~1 MiB events and invalid payloads.
+    Flood(flood::Args),
     /// Print the table from collected JSON lines and write the results file.
     Report(report::Args),
     /// Drop the schemas and delete the topics whose names start with a prefix.
@@ -49,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Naive(args) => naive::run(args).await?,
         Cmd::WaitCommitted(args) => wait::run(args).await?,
         Cmd::Probe(args) => probe::run(args).await?,
+        Cmd::Flood(args) => flood::run(args).await?,
         Cmd::Report(args) => return report::run(args),
         Cmd::Cleanup(args) => return common::cleanup(args).await,
     };

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::{json, Value};
 
+mod flood;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// JSON lines collected by scripts/bench (one object per phase; `phase` names it).
@@ -23,14 +25,18 @@ const TARGET_CPU_PER_10K: f64 = 0.25;
 const TARGET_RSS_MIB: f64 = 64.0;
 const TARGET_P99_MS_AT_2K: f64 = 250.0;
 const TARGET_SCALE_OUT: f64 = 1.6;
+/// A replay changes nothing, so it should run at least this much faster than the fresh catch-up.
+const TARGET_REPLAY_FACTOR: f64 = 2.0;
+/// The flood's peak RSS should be "near 64 MiB": counted as met up to a quarter above it.
+pub const TARGET_FLOOD_RSS_MIB: f64 = 64.0;
+pub const FLOOD_RSS_TOLERANCE: f64 = 1.25;
 /// Above this share of the machine's CPU in use, PostgreSQL has no headroom to give.
 const SATURATED_PERCENT: f64 = 90.0;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let mut results =
-        json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": []});
+    let mut results = json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": [], "flood": null});
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let value: Value =
             serde_json::from_str(line).with_context(|| format!("bad line {line}"))?;
@@ -41,6 +47,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "catchup" => push(&mut results["catchup"], value),
             "steady" => push(&mut results["steady"], value),
             "produce" => push(&mut results["produce"], value),
+            "table_stats" => attach_table_stats(&mut results, value),
+            "flood" => merge(&mut results["flood"], "run", value),
+            "flood_produce" => merge(&mut results["flood"], "produce", value),
+            "flood_setup" => merge(&mut results["flood"], "setup", value),
+            "flood_rows" => merge(&mut results["flood"], "rows", value),
             other => eprintln!("bench report: ignoring phase {other:?}"),
         }
     }
@@ -59,6 +70,25 @@ fn push(array: &mut Value, value: Value) {
     }
     if let Some(items) = array.as_array_mut() {
         items.push(value);
+    }
+}
+
+/// Sets `object[field]`, making `object` an object first if it is not one yet.
+fn merge(object: &mut Value, field: &str, value: Value) {
+    if !object.is_object() {
+        *object = json!({});
+    }
+    object[field] = value;
+}
+
+/// pg_stat_user_tables deltas go with the catch-up run of the same label.
+fn attach_table_stats(results: &mut Value, stats: Value) {
+    let run = results["catchup"]
+        .as_array_mut()
+        .and_then(|runs| runs.iter_mut().rev().find(|c| c["label"] == stats["label"]));
+    match run {
+        Some(run) => run["table"] = stats,
+        None => eprintln!("bench report: table stats without a catch-up run: {stats}"),
     }
 }
 
@@ -148,6 +178,7 @@ fn render(results: &Value) -> (String, Value) {
     let naive_rate = naive_rate(results, true);
     render_catchup(&mut out, results);
     render_steady(&mut out, results);
+    flood::render(&mut out, &results["flood"]);
     let verdicts = render_verdicts(&mut out, results, ceiling_rate, naive_rate);
     (out, verdicts)
 }
@@ -222,6 +253,46 @@ fn render_catchup(out: &mut String, results: &Value) {
             fmt(num(&run["pg_cores"]), 2),
             fmt(num(&run["kafka_cores"]), 2),
             fmt(num(&run["machine_busy_percent"]), 0)
+        );
+    }
+    if let Some(ratio) = replay_over_fresh(results) {
+        let _ = writeln!(
+            out,
+            "  replay / fresh catch-up (distinct): {ratio:.2} x   (target >= {TARGET_REPLAY_FACTOR:.0} x)"
+        );
+    }
+    render_table_stats(out, results);
+}
+
+/// The replay's rate over the fresh catch-up's, both into the same table from the same topic.
+fn replay_over_fresh(results: &Value) -> Option<f64> {
+    let rate = |label| catchup(results, label).and_then(|c| num(&c["events_per_s"]));
+    rate("replay").zip(rate("distinct")).map(|(r, f)| r / f)
+}
+
+fn render_table_stats(out: &mut String, results: &Value) {
+    let runs: Vec<&Value> = results["catchup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["table"].is_object())
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  object_metadata rows written (pg_stat_user_tables deltas over each run):"
+    );
+    for run in runs {
+        let table = &run["table"];
+        let _ = writeln!(
+            out,
+            "    {:<28} {:>9} inserted {:>9} updated {:>9} HOT",
+            text(&run["label"]),
+            text(&table["inserted"]),
+            text(&table["updated"]),
+            text(&table["hot_updated"])
         );
     }
 }
@@ -299,6 +370,9 @@ fn render_verdicts(
     let busy = two.and_then(|t| num(&t["machine_busy_percent"]));
     let pg_cores = two.and_then(|t| num(&t["pg_cores"]));
     let saturated = busy.map(|b| b >= SATURATED_PERCENT);
+    let replay = replay_over_fresh(results);
+    let replay_updated = catchup(results, "replay").and_then(|c| num(&c["table"]["updated"]));
+    let flood_rss = flood::peak_rss_mib(&results["flood"]);
     let _ = writeln!(out, "\nRatios and targets (issue 5)");
     let mut line = |name: &str, figure: String, target: String, met: Option<bool>| {
         let _ = writeln!(
@@ -354,6 +428,24 @@ fn render_verdicts(
             format!(">= {TARGET_SCALE_OUT} x"),
             scale.map(|s| s >= TARGET_SCALE_OUT),
         ),
+        line(
+            "replay / fresh catch-up (same topic and table)",
+            fmt(replay, 2) + " x",
+            format!(">= {TARGET_REPLAY_FACTOR:.0} x"),
+            replay.map(|r| r >= TARGET_REPLAY_FACTOR),
+        ),
+        line(
+            "  rows updated by the replay",
+            fmt(replay_updated, 0),
+            "0".into(),
+            replay_updated.map(|u| u == 0.0),
+        ),
+        line(
+            "flood peak RSS (1 MiB messages, slow database)",
+            fmt(flood_rss, 0) + " MiB",
+            format!("near {TARGET_FLOOD_RSS_MIB:.0} MiB"),
+            flood_rss.map(|r| r <= TARGET_FLOOD_RSS_MIB * FLOOD_RSS_TOLERANCE),
+        ),
     ];
     let _ = writeln!(
         out,
@@ -370,8 +462,10 @@ fn render_verdicts(
         "objmeta_over_ceiling": of_ceiling,
         "objmeta_over_naive": of_naive,
         "objmeta_over_naive_batched_commits": of_batched_naive,
-        "objmeta_over_naive_batched_commits": of_batched_naive,
         "two_over_one_replica": scale,
+        "replay_over_fresh": replay,
+        "replay_rows_updated": replay_updated,
+        "flood_peak_rss_mib": flood_rss,
         "machine_saturated_in_scale_out": saturated,
         "targets": verdicts,
     })

@@ -19,9 +19,12 @@ pub struct Args {
     kafka: common::KafkaArgs,
     #[arg(long)]
     group: String,
-    /// A label for the report (e.g. distinct, mix, scale-out).
+    /// A label for the report (e.g. distinct, mix, scale-out, replay).
     #[arg(long)]
     label: String,
+    /// The `phase` of the printed figures (the report's section).
+    #[arg(long, default_value = "catchup")]
+    phase: String,
     /// objmeta replicas to watch (repeatable); an exited replica is an error.
     #[arg(long = "pid", required = true)]
     pids: Vec<u32>,
@@ -41,6 +44,9 @@ pub struct Args {
     stall_timeout: Duration,
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// How often a progress line goes to stderr.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    progress_every: Duration,
 }
 
 struct Others {
@@ -74,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let mut first_commit_ns = None;
     let mut peak_rss = 0u64;
     let (mut last_committed, mut last_progress) = (-1i64, Instant::now());
+    let mut reported = Instant::now();
     loop {
         let committed = tokio::task::block_in_place(|| committed(&consumer, &args, &partitions))?;
         if committed != last_committed {
@@ -90,6 +97,15 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         }
         if committed >= end {
             break;
+        }
+        if reported.elapsed() >= args.progress_every {
+            reported = Instant::now();
+            eprintln!(
+                "[wait] {}: {committed}/{end} offsets committed after {:.0} s, RSS now {} MiB",
+                args.label,
+                started.elapsed().as_secs_f64(),
+                current_rss_mib(&args.pids)
+            );
         }
         if last_progress.elapsed() > args.stall_timeout {
             bail!(
@@ -134,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         100.0 * (b.0 - a.0) as f64 / total
     });
     Ok(json!({
-        "phase": "catchup",
+        "phase": args.phase,
         "label": args.label,
         "replicas": args.pids.len(),
         "events": end,
@@ -145,11 +161,22 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "cpu_seconds": cpu,
         "cpu_seconds_per_10k": cpu * 10_000.0 / end.max(1) as f64,
         "peak_rss_kib": hwm.unwrap_or(peak_rss),
+        "peak_rss_sampled_kib": peak_rss,
         "end_rss_kib": rss_end,
         "pg_cores": cores(before.pg, after.pg),
         "kafka_cores": cores(before.kafka, after.kafka),
         "machine_busy_percent": busy,
     }))
+}
+
+/// The replicas' current resident sets, `+`-separated, MiB.
+fn current_rss_mib(pids: &[u32]) -> String {
+    let each: Vec<String> = pids
+        .iter()
+        .filter_map(|&p| status_kib(p, "VmRSS"))
+        .map(|k| (k / 1024).to_string())
+        .collect();
+    each.join("+")
 }
 
 /// Every partition of the topic with its high watermark.

@@ -68,6 +68,13 @@ impl Budget {
         (bytes / PREFETCH_SHARE / UNIT).max(1)
     }
 
+    /// The largest statement a write sends: 1/8 of the budget, at least
+    /// 1 MiB. Each connection keeps the buffer of its largest statement, so
+    /// this bounds what the write connections hold outside the budget.
+    pub fn statement_bytes(bytes: usize) -> usize {
+        (bytes / 8).max(1 << 20)
+    }
+
     /// What a message of `bytes` (payload and key) costs, in units, capped
     /// at the whole budget so that one message larger than the budget still
     /// passes once nothing else is held.

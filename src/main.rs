@@ -15,6 +15,7 @@ use objmeta::config::{Cli, Command, LogFormat};
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -34,6 +35,29 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Keeps glibc's malloc from holding memory the budget already gave back.
+/// By default glibc raises its mmap threshold each time a large block is
+/// freed, so that later message-sized blocks (a 1 MiB payload, its parsed
+/// metadata, a statement's buffer) come from the heap of whichever of a
+/// dozen per-thread arenas allocated them and stay resident after they are
+/// freed. A fixed threshold returns such blocks to the system at once, and
+/// two arenas are plenty for a poller, a few async workers and librdkafka.
+/// Measured on a flood of 1 MiB messages: peak RSS 132 -> 96 MiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters; called first thing in
+    // main, before any other thread exists. A refused setting (return 0)
+    // leaves glibc's default, which is still correct.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Other allocators need no tuning here.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 async fn run_command(command: Command) -> anyhow::Result<()> {
     match command {

@@ -113,6 +113,11 @@ impl Ledger {
             .is_some_and(|state| !state.revoking && epoch >= state.epoch)
     }
 
+    /// The partitions owned now (revoking ones included).
+    pub fn owned(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions.keys().copied()
+    }
+
     /// Records the start of a batch write holding messages up to `end`
     /// (exclusive) for each of its partitions. Partitions not owned are left
     /// out of the ticket: their work cannot be committed anyway.

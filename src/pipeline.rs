@@ -43,6 +43,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// fetched before the pause (the poller's channel holds 2048).
 const OVERSHOOT_ROWS: usize = 4096;
 
+/// How long a lane's write may run, with its next batch full, before the
+/// lane's partitions are paused; longer than a normal batch write.
+const LANE_PAUSE_AFTER: Duration = Duration::from_secs(2);
+
 /// Tuning of the loop, from the run configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -64,6 +68,8 @@ pub struct Settings {
 struct Lane {
     batch: Batch,
     writing: Option<WriteTicket>,
+    /// When the running write started.
+    write_started: Option<Instant>,
 }
 
 pub struct Pipeline {
@@ -105,6 +111,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             health: health.clone(),
             retry_max_backoff: settings.retry_max_backoff,
+            statement_bytes: Budget::statement_bytes(settings.memory_budget),
             abandon: CancellationToken::new(),
         };
         let lanes = (0..settings.write_lanes.max(1))
@@ -148,6 +155,7 @@ impl Pipeline {
                 _ = sleep_until(flush_at.into()) => self.on_tick(),
             }
             self.flush_due_lanes();
+            self.pause_stuck_lanes();
         }
         self.drain().await
     }
@@ -229,19 +237,6 @@ impl Pipeline {
                 self.lanes[lane]
                     .batch
                     .add(origin, contribution, reservation);
-                if self.lane_is_full(lane) {
-                    // Each partition of the lane is paused as its next
-                    // message arrives, which also covers new assignments;
-                    // again when it was paused already, because the
-                    // poller's own pause-and-resume of the whole
-                    // assignment (when the channel stays full) resumes it.
-                    tracing::debug!(
-                        lane,
-                        partition = origin.partition,
-                        "lane full while writing, pausing the partition"
-                    );
-                    self.set_paused(&[origin.partition], true);
-                }
             }
             Ok(Consumed { origin, epoch, .. }) => {
                 tracing::debug!(
@@ -306,11 +301,42 @@ impl Pipeline {
         self.metrics.buffered_bytes.set(bytes);
     }
 
-    /// Whether a lane's next batch is full while its previous one is still
-    /// being written.
-    fn lane_is_full(&self, index: usize) -> bool {
+    /// Whether a lane's next batch is full while its previous one has been
+    /// written for longer than a normal write takes (a lock, a slow
+    /// statement): then its partitions are paused, so that it stops taking
+    /// the memory budget from the other lanes. Ordinary backpressure (a
+    /// write of 50 ms) must not pause: librdkafka drops a paused
+    /// partition's prefetched messages and fetches them again on resume.
+    fn lane_is_stuck(&self, index: usize) -> bool {
         let lane = &self.lanes[index];
-        lane.writing.is_some() && lane.batch.rows() >= self.settings.batch_max_rows
+        lane.writing.is_some()
+            && lane.batch.rows() >= self.settings.batch_max_rows
+            && lane
+                .write_started
+                .is_some_and(|started| started.elapsed() >= LANE_PAUSE_AFTER)
+    }
+
+    /// Pauses the owned partitions of every stuck lane (see
+    /// [`Pipeline::lane_is_stuck`]) not paused yet.
+    fn pause_stuck_lanes(&mut self) {
+        for index in 0..self.lanes.len() {
+            if !self.lane_is_stuck(index) {
+                continue;
+            }
+            let partitions: Vec<i32> = self
+                .ledger
+                .owned()
+                .filter(|&p| self.lane_of(p) == index && !self.paused.contains(&p))
+                .collect();
+            if !partitions.is_empty() {
+                tracing::debug!(
+                    lane = index,
+                    ?partitions,
+                    "lane stuck on its write, pausing its partitions"
+                );
+                self.set_paused(&partitions, true);
+            }
+        }
     }
 
     /// Backpressure, per lane: the partitions of a lane whose next batch is
@@ -381,6 +407,7 @@ impl Pipeline {
     fn start_write(&mut self, index: usize) {
         let batch = self.lanes[index].batch.take();
         self.lanes[index].writing = Some(self.ledger.begin_write(&batch.commit_offsets));
+        self.lanes[index].write_started = Some(Instant::now());
         tracing::debug!(
             lane = index,
             rows = batch.changes.len(),

@@ -49,7 +49,12 @@ impl Plan {
         Plan::with_budget(changes, MAX_STATEMENT_BYTES)
     }
 
-    fn with_budget(changes: &[Change], budget: usize) -> Plan {
+    /// One statement per run of rows under `budget` bytes (at most
+    /// [`MAX_STATEMENT_BYTES`]). The pipeline passes a share of the memory
+    /// budget: a connection keeps its largest encoded statement's buffer,
+    /// so large statements would hold memory outside the budget.
+    pub fn with_budget(changes: &[Change], budget: usize) -> Plan {
+        let budget = budget.min(MAX_STATEMENT_BYTES);
         let mut cuts = BTreeSet::from([0, changes.len()]);
         let mut bytes = 0;
         for (index, change) in changes.iter().enumerate() {

@@ -82,6 +82,9 @@ pub struct Writer {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub retry_max_backoff: Duration,
+    /// Most bytes of column values in one statement (a share of the memory
+    /// budget, see `split::Plan::with_budget`).
+    pub statement_bytes: usize,
     /// Cancelled at the shutdown deadline: abandons the retries and the
     /// attempt in flight (its statement is cancelled, nothing of it commits).
     pub abandon: CancellationToken,
@@ -93,7 +96,7 @@ impl Writer {
     pub async fn write(self, lane: usize, batch: WriteBatch) -> Written {
         let started = Instant::now();
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
-        let mut plan = Plan::new(&batch.changes);
+        let mut plan = Plan::with_budget(&batch.changes, self.statement_bytes);
         let result = loop {
             let attempt = self.health.attempt();
             let written = tokio::select! {

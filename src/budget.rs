@@ -85,13 +85,21 @@ impl Budget {
             .min(self.total_units)
     }
 
+    /// Reserves room for a message of `bytes` if there is some now (the
+    /// poller's fast path: no runtime involved).
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        let units = self.units(bytes);
+        let permit = self.permits.clone().try_acquire_many_owned(units).ok()?;
+        Some(Reservation(Some(permit)))
+    }
+
     /// Reserves room for a message of `bytes`, waiting at most `wait`.
     /// `None` when there was no room in time.
     pub async fn reserve(&self, bytes: usize, wait: Duration) -> Option<Reservation> {
-        let units = self.units(bytes);
-        if let Ok(permit) = self.permits.clone().try_acquire_many_owned(units) {
-            return Some(Reservation(Some(permit)));
+        if let Some(reservation) = self.try_reserve(bytes) {
+            return Some(reservation);
         }
+        let units = self.units(bytes);
         let acquire = self.permits.clone().acquire_many_owned(units);
         match tokio::time::timeout(wait, acquire).await {
             Ok(Ok(permit)) => Some(Reservation(Some(permit))),

@@ -226,9 +226,10 @@ impl Feed<'_> {
         if consumed.bytes == 0 || consumed.reservation.is_held() {
             return true;
         }
-        let reserved = self
-            .runtime
-            .block_on(self.budget.reserve(consumed.bytes, wait));
+        let reserved = self.budget.try_reserve(consumed.bytes).or_else(|| {
+            self.runtime
+                .block_on(self.budget.reserve(consumed.bytes, wait))
+        });
         match reserved {
             Some(reservation) => {
                 consumed.reservation = reservation;

@@ -71,7 +71,7 @@ pub struct RunConfig {
     /// (librdkafka's prefetch queue gets 1/16 of it, the rest covers parsed messages,
     /// batches, writes in flight and dead letters with their full payloads). A slow
     /// database then delays reading instead of growing memory. Takes B, KiB, MiB, GiB.
-    #[arg(long, env = "MEMORY_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "MEMORY_BUDGET", default_value = "16MiB", value_parser = parse_bytes)]
     pub memory_budget: usize,
     /// At shutdown, how long to keep trying to write what was consumed.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]

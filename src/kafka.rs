@@ -268,7 +268,7 @@ fn base_config(config: &KafkaConfig, prefetch_kib: usize) -> ClientConfig {
         // ~150 MiB of decompressed batches in memory during a catch-up and
         // leave a fast pipeline idle for most of every second; these keep
         // the resident set near 64 MiB at the same throughput. The queue's
-        // size is the memory budget's share (2 MiB of the default 32 MiB).
+        // size is the memory budget's share (1 MiB of the default 16 MiB).
         .set("max.partition.fetch.bytes", "131072")
         .set("queued.max.messages.kbytes", prefetch_kib.to_string())
         .set("fetch.queue.backoff.ms", "20");

@@ -104,7 +104,7 @@ impl fmt::Debug for KafkaConfig {
         let properties: Vec<String> = self
             .properties
             .iter()
-            .map(|(key, _)| format!("{key}=[redacted]"))
+            .map(|(key, _)| format!("{key}={}", crate::redact::REDACTED))
             .collect();
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)

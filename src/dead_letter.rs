@@ -11,13 +11,12 @@
 //! and payload. Only when even that is refused does the batch fail, with a
 //! fatal error: the table itself refuses rows and a person must look.
 
-use std::fmt::Write;
-
 use deadpool_postgres::GenericClient;
 
 use crate::batch::DeadLetter;
 use crate::error::{Disposition, SinkError};
 use crate::sink::database_reason;
+use crate::split::halves;
 
 /// Where this version writes dead letters; users read them through the
 /// parent table `dead_letters`. Returns nothing: the affected-row count is
@@ -41,6 +40,7 @@ impl DeadLetterCounts {
         }
     }
 
+    #[cfg(test)]
     pub fn total(&self) -> u64 {
         self.0.iter().map(|(_, rows)| rows).sum()
     }
@@ -97,9 +97,9 @@ async fn insert_isolating(
                 if range.len() == 1 {
                     inserted += insert_stripped(client, topic, letters[range.start], &e).await?;
                 } else {
-                    let middle = range.start + range.len() / 2;
-                    ranges.push(middle..range.end);
-                    ranges.push(range.start..middle);
+                    let (first, second) = halves(&range);
+                    ranges.push(second);
+                    ranges.push(first);
                 }
             }
             Err(e) => return Err(e),
@@ -257,8 +257,7 @@ fn ascii(text: &str) -> String {
         if c.is_ascii() && !c.is_ascii_control() {
             out.push(c);
         } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            out.extend(c.escape_unicode());
         }
     }
     out

@@ -38,8 +38,9 @@ struct Flight {
 #[derive(Debug)]
 struct Partition {
     epoch: Epoch,
-    /// Revoked: no more messages; in-flight writes may still finish.
-    revoking: bool,
+    /// Revoked, or a write of it failed: no more messages; in-flight
+    /// writes may still finish, and a pending revoke may take it.
+    closed: bool,
     flights: VecDeque<Flight>,
     /// End of the contiguous written prefix in this epoch.
     written: Option<i64>,
@@ -73,7 +74,7 @@ impl Ledger {
                 partition,
                 Partition {
                     epoch,
-                    revoking: false,
+                    closed: false,
                     flights: VecDeque::new(),
                     written: None,
                 },
@@ -95,7 +96,7 @@ impl Ledger {
     pub fn revoke(&mut self, partitions: &[i32], reply: RevokeReply) {
         for partition in partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
-                state.revoking = true;
+                state.closed = true;
             }
         }
         self.pending_revokes.push(PendingRevoke {
@@ -110,10 +111,10 @@ impl Ledger {
     pub fn accepts(&self, partition: i32, epoch: Epoch) -> bool {
         self.partitions
             .get(&partition)
-            .is_some_and(|state| !state.revoking && epoch >= state.epoch)
+            .is_some_and(|state| !state.closed && epoch >= state.epoch)
     }
 
-    /// The partitions owned now (revoking ones included).
+    /// The partitions owned now (closed ones included).
     pub fn owned(&self) -> impl Iterator<Item = i32> + '_ {
         self.partitions.keys().copied()
     }
@@ -161,7 +162,7 @@ impl Ledger {
         for &(partition, epoch, _) in &ticket.flights {
             if let Some(state) = self.partitions.get_mut(&partition) {
                 if state.epoch == epoch {
-                    state.revoking = true;
+                    state.closed = true;
                     state.flights.clear();
                 }
             }
@@ -195,10 +196,10 @@ impl Ledger {
     fn finish_revoke(&mut self, revoke: PendingRevoke) {
         let mut offsets = Vec::new();
         for partition in &revoke.partitions {
-            // Only a partition still revoking is ours to answer for: one
+            // Only a partition still closed is ours to answer for: one
             // assigned again since (the callback gave up waiting) belongs to
             // its new epoch.
-            if self.partitions.get(partition).is_some_and(|s| s.revoking) {
+            if self.partitions.get(partition).is_some_and(|s| s.closed) {
                 if let Some(state) = self.partitions.remove(partition) {
                     offsets.extend(state.written.map(|end| (*partition, end)));
                 }

@@ -18,7 +18,7 @@ use crate::dead_letter::{insert_dead_letters, DeadLetterCounts};
 use crate::error::{Disposition, SinkError};
 use crate::event::{Action, Change};
 use crate::http::Attempt;
-use crate::split::{Plan, Step};
+use crate::split::{halves, Plan, Step};
 use crate::tls::TlsSettings;
 
 /// Upserts a batch of object rows (one per object, reduced by batch.rs).
@@ -342,8 +342,8 @@ impl Sink {
                     ranges.extend([second, first]);
                 }
                 Step::Halve => {
-                    let middle = range.start + range.len() / 2;
-                    ranges.extend([middle..range.end, range.start..middle]);
+                    let (first, second) = halves(&range);
+                    ranges.extend([second, first]);
                 }
             }
             savepoint

@@ -32,6 +32,12 @@ pub struct Plan {
     strikes: HashMap<usize, u32>,
 }
 
+/// `range` split in its two halves (the first one shorter when odd).
+pub fn halves(range: &Range<usize>) -> (Range<usize>, Range<usize>) {
+    let middle = range.start + range.len() / 2;
+    (range.start..middle, middle..range.end)
+}
+
 /// What to do after a statement over some rows failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -84,9 +90,9 @@ impl Plan {
 
     /// Cuts `range` in two, for this attempt and the later ones.
     pub fn cut(&mut self, range: &Range<usize>) -> (Range<usize>, Range<usize>) {
-        let middle = range.start + range.len() / 2;
-        self.cuts.extend([range.start, middle, range.end]);
-        (range.start..middle, middle..range.end)
+        let (first, second) = halves(range);
+        self.cuts.extend([first.start, second.start, second.end]);
+        (first, second)
     }
 
     /// What follows the failure of a statement over `range` with `error`;

@@ -19,16 +19,10 @@ const T0: u64 = 1_764_000_000_000_000_000;
 type Row = (i64, i32, Option<Vec<u8>>, String);
 
 async fn rows(bed: &TestBed) -> Vec<Row> {
-    bed.db()
+    bed.dead_letter_records()
         .await
-        .query(
-            r#"SELECT "offset", record, payload, reason FROM dead_letters ORDER BY "offset", record"#,
-            &[],
-        )
-        .await
-        .expect("read dead_letters")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .into_iter()
+        .map(|d| (d.offset, d.record, d.payload, d.reason))
         .collect()
 }
 

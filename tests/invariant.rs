@@ -15,11 +15,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_postgres::Client;
 
-use common::{Binary, TestBed};
+use common::{Binary, OffsetReader, TestBed};
 use objmeta::produce::{workload, WorkloadSpec};
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -27,53 +25,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Reads the group's committed offsets with one long-lived client.
-struct OffsetReader {
-    consumer: BaseConsumer,
-    list: TopicPartitionList,
-    topic: String,
-    partitions: i32,
-}
-
-impl OffsetReader {
-    fn new(bed: &TestBed) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bed.services.brokers)
-            .set("group.id", &bed.group)
-            .create()
-            .expect("offset reader");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..bed.partitions {
-            list.add_partition(&bed.topic, partition);
-        }
-        OffsetReader {
-            consumer,
-            list,
-            topic: bed.topic.clone(),
-            partitions: bed.partitions,
-        }
-    }
-
-    /// Per partition, the committed offset (0 when none); `None` while the
-    /// coordinator does not answer (the broker is electing it, or busy).
-    fn committed(&self) -> Option<Vec<i64>> {
-        let committed = self
-            .consumer
-            .committed_offsets(self.list.clone(), Duration::from_secs(5))
-            .ok()?;
-        Some(
-            (0..self.partitions)
-                .map(
-                    |p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => o,
-                        _ => 0,
-                    },
-                )
-                .collect(),
-        )
-    }
 }
 
 /// What the sampler saw in one phase.
@@ -95,9 +46,11 @@ impl Sampler {
     /// seen here happened before the rows are read, so every row it covers
     /// must already be visible.
     async fn sample(&mut self, phase: &'static str) {
-        let Some(committed) = self.reader.committed() else {
+        // Skipped while the coordinator does not answer (electing, busy).
+        let Ok(committed) = self.reader.committed() else {
             return;
         };
+        let committed: Vec<i64> = committed.into_iter().map(|o| o.max(0)).collect();
         let entry = self.phases.entry(phase).or_default();
         let mut violations = Vec::new();
         for (partition, &commit) in (0i32..).zip(&committed) {

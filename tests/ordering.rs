@@ -20,7 +20,7 @@ use objmeta::config::{Cli, Command, DatabaseConfig};
 use objmeta::event::{self, Change};
 use objmeta::sink::{self, Sink};
 
-use common::{differences, minio_message, oracle_of, read_table, Positioned};
+use common::{connect_schema, differences, minio_message, oracle_of, read_table, Positioned};
 
 /// One operation of an object's history, with the gap to its sequencer.
 #[derive(Clone, Debug)]
@@ -200,7 +200,7 @@ fn fixture() -> &'static Fixture {
         let (sink, client) = runtime.block_on(async {
             objmeta::migrate(&config).await.expect("migrate");
             let pool = sink::connect(&config).expect("pool");
-            let client = connect(&services.database_url, &schema).await;
+            let client = connect_schema(&services.database_url, &schema).await;
             (Sink::new(pool, "ordering".into()), client)
         });
         Fixture {
@@ -226,18 +226,6 @@ fn database_config(url: &str, schema: &str) -> DatabaseConfig {
         Command::Migrate(config) => config,
         _ => unreachable!("parsed a migrate command"),
     }
-}
-
-async fn connect(url: &str, schema: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("SET search_path = {schema}"))
-        .await
-        .expect("search path");
-    client
 }
 
 /// Writes the delivered events through the real batch reduction and sink,

@@ -219,18 +219,35 @@ impl TestBed {
         self.spawn_binary_env(extra, &[])
     }
 
-    /// The dead-letter rows, by offset: offset, message key, payload, reason.
-    pub async fn dead_letters(&self) -> Vec<DeadLetterRow> {
+    /// Every dead-letter row as users see it (`dead_letters`, the records
+    /// table included), by offset and record.
+    pub async fn dead_letter_records(&self) -> Vec<DeadLetterRecord> {
         self.db()
             .await
             .query(
-                r#"SELECT "offset", message_key, payload, reason FROM dead_letters ORDER BY "offset""#,
+                r#"SELECT "offset", record, message_key, payload, reason FROM dead_letters
+                   ORDER BY "offset", record"#,
                 &[],
             )
             .await
             .expect("read dead_letters")
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| DeadLetterRecord {
+                offset: r.get(0),
+                record: r.get(1),
+                message_key: r.get(2),
+                payload: r.get(3),
+                reason: r.get(4),
+            })
+            .collect()
+    }
+
+    /// The dead-letter rows, by offset: offset, message key, payload, reason.
+    pub async fn dead_letters(&self) -> Vec<DeadLetterRow> {
+        self.dead_letter_records()
+            .await
+            .into_iter()
+            .map(|d| (d.offset, d.message_key, d.payload, d.reason))
             .collect()
     }
 
@@ -292,48 +309,25 @@ impl TestBed {
 
     /// A connection to the database with this test's schema on the path.
     pub async fn db(&self) -> Client {
-        let url = &self.services.database_url;
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("SET search_path = {}", self.schema))
-            .await
-            .expect("search path");
-        client
+        connect_schema(&self.services.database_url, &self.schema).await
     }
 
     /// Committed offsets of the test's group, per partition (-1 when none).
     pub fn committed_offsets(&self) -> Vec<i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.services.brokers)
-            .set("group.id", &self.group)
-            .create()
-            .expect("offset reader");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..self.partitions {
-            list.add_partition(&self.topic, partition);
-        }
+        let reader = OffsetReader::new(self);
         // A fresh broker answers NotCoordinator / CoordinatorLoadInProgress
         // while it sets up the offsets topic: ask again for a while.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let committed = loop {
-            match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
-                Ok(committed) => break committed,
+        loop {
+            match reader.committed() {
+                Ok(committed) => return committed,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("committed offsets not available yet: {e}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => panic!("committed offsets: {e}"),
             }
-        };
-        (0..self.partitions)
-            .map(
-                |p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => -1,
-                },
-            )
-            .collect()
+        }
     }
 
     /// Waits until the group's committed offsets add up to `total`.
@@ -375,6 +369,60 @@ impl TestBed {
 }
 
 /// A minimal HTTP/1.1 GET over a raw socket: status code and body.
+/// Reads a test group's committed offsets; one client for many reads.
+pub struct OffsetReader {
+    consumer: BaseConsumer,
+    list: TopicPartitionList,
+    topic: String,
+    partitions: i32,
+}
+
+impl OffsetReader {
+    pub fn new(bed: &TestBed) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bed.services.brokers)
+            .set("group.id", &bed.group)
+            .create()
+            .expect("offset reader");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..bed.partitions {
+            list.add_partition(&bed.topic, partition);
+        }
+        OffsetReader {
+            consumer,
+            list,
+            topic: bed.topic.clone(),
+            partitions: bed.partitions,
+        }
+    }
+
+    /// Per partition, the committed offset (-1 when none).
+    pub fn committed(&self) -> rdkafka::error::KafkaResult<Vec<i64>> {
+        let committed = self
+            .consumer
+            .committed_offsets(self.list.clone(), Duration::from_secs(10))?;
+        Ok((0..self.partitions)
+            .map(
+                |p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                },
+            )
+            .collect())
+    }
+}
+
+/// A connection to the database with `schema` on the path.
+pub async fn connect_schema(url: &str, schema: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .expect("search path");
+    client
+}
+
 /// The object rows of the schema on `client`'s search path, as comparable
 /// states keyed by object.
 pub async fn read_table(client: &Client) -> BTreeMap<ObjectId, RowState> {
@@ -475,6 +523,16 @@ impl Drop for Binary {
 
 /// A dead_letters row: offset, message key, payload, reason.
 pub type DeadLetterRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>, String);
+
+/// A dead-letter row with its record index.
+#[derive(Debug)]
+pub struct DeadLetterRecord {
+    pub offset: i64,
+    pub record: i32,
+    pub message_key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub reason: String,
+}
 
 /// A row of object_metadata, in a form tests can compare.
 #[derive(Clone, Debug, PartialEq)]

@@ -2,10 +2,11 @@
 //! per object, only what can still decide its row, the dead letters, and
 //! for every partition the offset to commit once the batch is written.
 //!
-//! The ordering rules (README, "Ordering rules") make an object's state a
-//! function of the *set* of its events, so that duplicates, any delivery
-//! order and any batch split end in the same row. An object's state is two
-//! parts, each kept by "newest wins" under one total order ([`OrderKey`]):
+//! The ordering rules (docs/reliability.md, "Ordering rules") make an
+//! object's state a function of the *set* of its events, so that
+//! duplicates, any delivery order and any batch split end in the same row.
+//! An object's state is two parts, each kept by "newest wins" under one
+//! total order ([`OrderKey`]):
 //! - `current`: the newest creation or unconditional removal (delete
 //!   marker, delete without a version id, lifecycle expiration);
 //! - `deleted_versions`: per version id, the newest delete of that one

@@ -174,7 +174,7 @@ fn dashboard_json_is_well_formed() {
             problems.push(format!("variable ${name} is defined but never used"));
         }
     }
-    // The provisioned datasource is the default one, with the uid the README mentions.
+    // The provisioned datasource is the default one, with the uid docs/operations.md mentions.
     let provisioned = std::fs::read_to_string(
         repo_root().join("deploy/grafana/provisioning/datasources/prometheus.yml"),
     )

@@ -27,7 +27,7 @@ use std::time::Duration;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::statistics::Statistics;
+use rdkafka::statistics::{Statistics, Topic};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -187,14 +187,16 @@ impl ClientContext for Context {
         self.redactor.client_error(&error, reason);
     }
 
-    /// Exports the lag of the partitions this member owns; partitions it
-    /// gave away disappear from the gauge.
+    /// Exports the lag of the partitions this member owns (partitions it
+    /// gave away disappear from the gauge) and the topic's partition count,
+    /// which keeps its last value while the statistics omit the topic.
     fn stats(&self, statistics: Statistics) {
         let lag = &self.metrics.consumer_lag;
         lag.reset();
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        self.metrics.topic_partitions.set(broker_partitions(topic));
         for partition in topic.partitions.values() {
             if partition.partition >= 0 && partition.desired && partition.consumer_lag >= 0 {
                 lag.with_label_values(&[&partition.partition.to_string()])
@@ -242,6 +244,18 @@ impl ConsumerContext for Context {
             .assigned_partitions
             .set(i64::try_from(assigned).unwrap_or(i64::MAX));
     }
+}
+
+/// The topic's partitions in the broker's metadata. Statistics also list
+/// librdkafka's internal unassigned partition (-1) and desired partitions the
+/// metadata does not know (`unknown`); neither exists on the broker.
+fn broker_partitions(topic: &Topic) -> i64 {
+    let count = topic
+        .partitions
+        .values()
+        .filter(|p| p.partition >= 0 && !p.unknown)
+        .count();
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {

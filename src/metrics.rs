@@ -9,6 +9,9 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+#[cfg(target_os = "linux")]
+use prometheus::process_collector::ProcessCollector;
+
 /// `result` values of `objmeta_rows_written_total`.
 pub const ROW_RESULTS: [&str; 4] = ["upserted", "tombstoned", "stale", "rejected"];
 /// `reason` codes of `objmeta_dead_letters_total`: `event::ParseError::label`
@@ -31,8 +34,15 @@ pub const DEAD_LETTER_REASONS: [&str; 12] = [
 /// `result` values of `objmeta_offset_commits_total`.
 pub const COMMIT_RESULTS: [&str; 2] = ["ok", "error"];
 /// `kind` values of `objmeta_database_errors_total` (`SinkError::kind_label`).
-pub const DATABASE_ERROR_KINDS: [&str; 5] =
-    ["connection", "pool", "transient", "rejected", "fatal"];
+pub const DATABASE_ERROR_KINDS: [&str; 7] = [
+    "connection",
+    "pool",
+    "transient",
+    "too_large",
+    "rejected",
+    "fatal",
+    "abandoned",
+];
 /// `kind` values of `objmeta_rebalances_total`.
 pub const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "lost"];
 
@@ -62,6 +72,12 @@ pub struct Metrics {
     /// Rebalance events, by kind (assign, revoke, lost).
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
+    /// Partitions of the subscribed topic, as this member's client last saw
+    /// them (librdkafka statistics; 0 until the member first owns one of its
+    /// partitions, as only fetched topics are listed). Alerts compare the
+    /// group's assigned partitions with it: a crashed replica that left
+    /// service discovery shows up nowhere else.
+    pub topic_partitions: IntGauge,
     /// 1 while consumption is paused (a write is behind, or the database is down).
     pub paused: IntGauge,
     /// Per partition, the offset committed last by this member.
@@ -137,6 +153,10 @@ impl Metrics {
             assigned_partitions: IntGauge::new(
                 "objmeta_assigned_partitions",
                 "Partitions currently assigned to this member",
+            )?,
+            topic_partitions: IntGauge::new(
+                "objmeta_topic_partitions",
+                "Partitions of the subscribed topic, as this member last saw them (librdkafka statistics)",
             )?,
             paused: IntGauge::new(
                 "objmeta_consumer_paused",
@@ -222,6 +242,7 @@ impl Metrics {
             Box::new(self.kafka_errors.clone()),
             Box::new(self.rebalances.clone()),
             Box::new(self.assigned_partitions.clone()),
+            Box::new(self.topic_partitions.clone()),
             Box::new(self.paused.clone()),
             Box::new(self.committed_offset.clone()),
             Box::new(self.buffered_bytes.clone()),
@@ -232,6 +253,12 @@ impl Metrics {
         for collector in collectors {
             self.registry.register(collector)?;
         }
+        // CPU, resident memory, open fds and start time under the standard
+        // process_* names, which every Prometheus user's dashboards and
+        // restart alerts already know. The collector reads /proc: Linux only.
+        #[cfg(target_os = "linux")]
+        self.registry
+            .register(Box::new(ProcessCollector::for_self()))?;
         Ok(())
     }
 
@@ -285,6 +312,8 @@ mod tests {
             r#"objmeta_dead_letters_total{reason="database_rejected"} 0"#,
             r#"objmeta_offset_commits_total{result="error"} 0"#,
             r#"objmeta_database_errors_total{kind="connection"} 0"#,
+            r#"objmeta_database_errors_total{kind="too_large"} 0"#,
+            r#"objmeta_database_errors_total{kind="abandoned"} 0"#,
             r#"objmeta_rebalances_total{kind="lost"} 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");

@@ -5,7 +5,11 @@
 //!   one series and every alert rule must evaluate without error; `promtool check config`,
 //!   `promtool check rules` and `promtool test rules` pass;
 //! - the dashboard JSON is well formed (unique panel ids, one datasource reference, every
-//!   variable used is defined and every defined one used, panels inside the 24-column grid);
+//!   variable used is defined and every defined one used, panels inside the 24-column grid),
+//!   every query selects the `job` variable's job, stat panels ask for instant values and bar
+//!   panels for windows as long as their bars;
+//! - every alert links its section of docs/alerts.md, and every section there is an alert's;
+//! - the objmeta binary exports the standard process metrics and the topic's partition count;
 //! - `scripts/check-compose` validates docker-compose.yml against the Compose Specification
 //!   schema and checks everything it and the Dockerfile reference.
 //!
@@ -30,6 +34,14 @@ use objmeta::produce::{workload, WorkloadSpec};
 /// How the dashboard refers to its datasource: through its `datasource` variable, so the
 /// provisioned Prometheus (uid `prometheus`) and any imported-into Prometheus both work.
 const DATASOURCE: &str = r#"{"type":"prometheus","uid":"${datasource}"}"#;
+
+/// Where each alert's runbook is: `#` and the alert's name, lower-cased (GitHub's anchor of
+/// its `## ObjmetaXxx` heading in docs/alerts.md).
+const RUNBOOK: &str = "https://github.com/objmeta/objmeta/blob/main/docs/alerts.md#";
+
+/// The job every dashboard query selects, through the `job` variable; also the job name of
+/// the test's Prometheus, which the substitution puts in its place.
+const JOB_MATCHER: &str = r#"job=~"$job""#;
 
 /// Grafana's built-in variables, with the values the test substitutes (the test's Prometheus
 /// scrapes every second, so 15 s windows hold plenty of samples).
@@ -82,6 +94,93 @@ fn variables_in(text: &str) -> Vec<String> {
     out
 }
 
+/// Every selector in `expr` of a series objmeta's scrape job yields (`objmeta_*`,
+/// `process_*`, `up`): the metric name and its label matchers (empty without braces).
+/// Quoted strings are skipped, so label values never count as metric names.
+fn job_selectors(expr: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(c) = rest.chars().next() {
+        if c == '"' {
+            let end = rest[1..].find('"').map_or(rest.len(), |e| e + 2);
+            rest = &rest[end..];
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            let (name, after) = rest.split_at(end);
+            rest = after;
+            if name.starts_with("objmeta_") || name.starts_with("process_") || name == "up" {
+                let matchers = after
+                    .strip_prefix('{')
+                    .and_then(|m| m.split_once('}'))
+                    .map_or("", |(inside, _)| inside);
+                out.push((name, matchers));
+            }
+        } else {
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// The range windows (`[…]`) of a PromQL expression.
+fn range_windows(expr: &str) -> Vec<&str> {
+    expr.split('[')
+        .skip(1)
+        .filter_map(|part| part.split_once(']').map(|(window, _)| window))
+        .collect()
+}
+
+/// What is wrong with one query of a panel: a selector without the `job` variable's
+/// matcher, a job written out, or (in a bar panel) a window other than the bar's interval.
+fn query_problems(expr: &str, bars: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !expr.contains("$job") {
+        problems.push("does not use $job".to_string());
+    }
+    for (name, matchers) in job_selectors(expr) {
+        if !matchers.contains(JOB_MATCHER) {
+            problems.push(format!("selects {name} without {JOB_MATCHER}"));
+        }
+    }
+    if expr.replace(JOB_MATCHER, "").contains("job=") {
+        problems.push("hard-codes a job".to_string());
+    }
+    if bars {
+        for window in range_windows(expr) {
+            if window != "$__interval" {
+                problems.push(format!(
+                    "bar window [{window}] is not the bar interval [$__interval]"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// What is wrong with the queries of one panel; see [`query_problems`]. Stat panels show one
+/// value, so they ask for it alone (instant) instead of a range Grafana reduces.
+fn panel_query_problems(panel: &Value) -> Vec<String> {
+    let bars = panel["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars";
+    let mut problems = Vec::new();
+    if bars && panel["interval"].as_str().unwrap_or_default().is_empty() {
+        problems.push("bar panel without a minimum interval".to_string());
+    }
+    for target in panel["targets"].as_array().into_iter().flatten() {
+        let expr = target["expr"].as_str().unwrap_or_default();
+        if panel["type"] == "stat" && (target["instant"] != true || target["range"] == true) {
+            problems.push(format!("stat query {expr} is not instant"));
+        }
+        problems.extend(
+            query_problems(expr, bars)
+                .into_iter()
+                .map(|p| format!("{expr}: {p}")),
+        );
+    }
+    problems
+}
+
 #[test]
 fn dashboard_json_is_well_formed() {
     let dashboard = dashboard();
@@ -101,6 +200,21 @@ fn dashboard_json_is_well_formed() {
     assert_eq!(instance["datasource"], datasource);
     assert_eq!(instance["includeAll"], true);
     assert_eq!(instance["allValue"], ".*");
+    assert!(
+        query_problems(instance["query"]["query"].as_str().unwrap(), false).is_empty(),
+        "the replicas offered are the selected job's"
+    );
+    // One job at a time, so that two deployments scraped by one Prometheus never mix; the
+    // compose stack's and the chart's job by default.
+    let job = variables.get("job").expect("a job variable");
+    assert_eq!(job["datasource"], datasource);
+    assert_eq!(
+        job["query"]["query"],
+        "label_values(objmeta_build_info, job)"
+    );
+    assert_eq!(job["current"]["value"], "objmeta");
+    assert_eq!(job["includeAll"], false);
+    assert_eq!(job["multi"], false);
 
     let mut ids = BTreeSet::new();
     let mut used = BTreeSet::new();
@@ -158,6 +272,9 @@ fn dashboard_json_is_well_formed() {
                 problems.push(format!("panel {id} ({title}) has an empty expr"));
             }
         }
+        for problem in panel_query_problems(panel) {
+            problems.push(format!("panel {id} ({title}): {problem}"));
+        }
         used.extend(variables_in(&panel.to_string()));
     }
     for variable in variables.values() {
@@ -190,6 +307,74 @@ fn dashboard_json_is_well_formed() {
         all.len(),
         all.iter().filter(|p| p["type"] == "row").count(),
         variables.keys().collect::<Vec<_>>()
+    );
+}
+
+/// Every rule of alerts.yml as (alert name, its runbook_url annotation if any), read from
+/// the text (each rule starts with `- alert:`); promtool, run by the Prometheus test,
+/// vouches that the file is valid, and Prometheus' own view is checked there too.
+fn alert_runbooks() -> Vec<(String, Option<String>)> {
+    let path = repo_root().join("deploy/prometheus/alerts.yml");
+    let text = std::fs::read_to_string(path).expect("read deploy/prometheus/alerts.yml");
+    text.split("- alert:")
+        .skip(1)
+        .map(|rule| {
+            let name = rule
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let url = rule.lines().find_map(|line| {
+                let value = line.trim().strip_prefix("runbook_url:")?;
+                Some(value.trim().trim_matches('"').to_string())
+            });
+            (name, url)
+        })
+        .collect()
+}
+
+/// GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_its_runbook_section_and_every_section_is_an_alert() {
+    let docs = std::fs::read_to_string(repo_root().join("docs/alerts.md")).expect("docs/alerts.md");
+    let sections: BTreeMap<String, &str> = docs
+        .lines()
+        .filter_map(|line| line.strip_prefix("## "))
+        .map(|heading| (anchor(heading), heading))
+        .collect();
+    let alerts = alert_runbooks();
+    assert!(!alerts.is_empty(), "no alert read from alerts.yml");
+    let mut problems = Vec::new();
+    for (name, url) in &alerts {
+        let expected = format!("{RUNBOOK}{}", name.to_lowercase());
+        match url {
+            Some(url) if *url == expected => {}
+            Some(url) => problems.push(format!("{name}: runbook_url {url}, expected {expected}")),
+            None => problems.push(format!("{name} has no runbook_url")),
+        }
+        if !sections.contains_key(&name.to_lowercase()) {
+            problems.push(format!("docs/alerts.md has no \"## {name}\" section"));
+        }
+    }
+    for heading in sections.values() {
+        if !alerts.iter().any(|(name, _)| name == heading) {
+            problems.push(format!("docs/alerts.md section \"{heading}\" is no alert"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "runbook problems:\n{}",
+        problems.join("\n")
     );
 }
 
@@ -353,7 +538,7 @@ fn url_encode(text: &str) -> String {
 
 /// A panel expression as Grafana would send it with "All" replicas selected.
 fn substitute(expr: &str) -> String {
-    let mut out = expr.replace("$instance", ".*");
+    let mut out = expr.replace("$instance", ".*").replace("$job", "objmeta");
     for (name, value) in BUILTINS {
         out = out.replace(&format!("${{{name}}}"), value);
         out = out.replace(&format!("${name}"), value);
@@ -486,6 +671,10 @@ async fn prometheus_scrapes_objmeta_under_load_and_every_panel_and_rule_evaluate
     for rule in &rules {
         let name = rule["name"].as_str().unwrap_or_default();
         let query = rule["query"].as_str().unwrap_or_default();
+        let runbook = format!("{RUNBOOK}{}", name.to_lowercase());
+        if rule["annotations"]["runbook_url"] != runbook.as_str() {
+            failures.push(format!("rule {name}: runbook_url is not {runbook}"));
+        }
         if rule["health"] != "ok" {
             failures.push(format!(
                 "rule {name}: health {} {}",
@@ -527,17 +716,101 @@ async fn prometheus_scrapes_objmeta_under_load_and_every_panel_and_rule_evaluate
         failures.join("\n"),
         prometheus.log()
     );
-    assert!(report.len() >= 27, "expected every panel to be queried");
+    let targets: usize = panels(&dashboard)
+        .iter()
+        .map(|p| p["targets"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(report.len(), targets, "every panel query returned series");
 }
 
 #[test]
 fn substitution_covers_every_variable_form() {
     assert_eq!(
-        substitute(r#"rate(x{instance=~"$instance"}[$__rate_interval]) + y[${__range}]"#),
-        r#"rate(x{instance=~".*"}[15s]) + y[1m]"#
+        substitute(
+            r#"rate(x{job=~"$job", instance=~"$instance"}[$__rate_interval]) + y[${__range}]"#
+        ),
+        r#"rate(x{job=~"objmeta", instance=~".*"}[15s]) + y[1m]"#
     );
     assert_eq!(
         variables_in("a $instance b ${datasource} c ${x:csv}"),
         ["instance", "datasource", "x"]
     );
+}
+
+#[test]
+fn query_checks_catch_a_written_out_job_a_missing_matcher_and_overlapping_bars() {
+    let good = r#"sum by (kind) (increase(objmeta_database_errors_total{job=~"$job", instance=~"$instance"}[$__interval]))"#;
+    assert_eq!(query_problems(good, true), Vec::<String>::new());
+    assert_eq!(
+        query_problems(r#"sum(up{job="objmeta", instance=~"$instance"})"#, false),
+        [
+            "does not use $job",
+            r#"selects up without job=~"$job""#,
+            "hard-codes a job"
+        ]
+    );
+    assert_eq!(
+        query_problems(
+            r#"process_open_fds{job=~"$job"} / on(instance) objmeta_build_info{kind="up"}"#,
+            false
+        ),
+        [r#"selects objmeta_build_info without job=~"$job""#]
+    );
+    assert_eq!(
+        query_problems(
+            r#"sum(increase(objmeta_rebalances_total{job=~"$job"}[$__rate_interval]))"#,
+            true
+        ),
+        ["bar window [$__rate_interval] is not the bar interval [$__interval]"]
+    );
+}
+
+/// The built binary, as a user runs it, exports the standard process metrics of its own
+/// process (the collector reads /proc: Linux only) and the partition count of its topic.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exports_process_metrics_and_the_topic_partition_count() {
+    let bed = TestBed::new("process_metrics", 3).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut service = bed.spawn_binary(&[]);
+    let port = service.http_port;
+    // librdkafka's statistics (every 5 s) carry the partition count.
+    let partitions = wait_until(
+        Duration::from_secs(60),
+        "objmeta_topic_partitions",
+        || async {
+            TestBed::metric(port, "objmeta_topic_partitions")
+                .await
+                .filter(|p| *p > 0.0)
+        },
+    )
+    .await;
+    assert_eq!(partitions, 3.0, "the test topic has 3 partitions");
+    let mut values = BTreeMap::new();
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = TestBed::metric(port, name).await;
+        values.insert(
+            name,
+            value.unwrap_or_else(|| panic!("/metrics lacks {name}")),
+        );
+    }
+    println!("process metrics of the objmeta binary: {values:?}");
+    assert!(values["process_resident_memory_bytes"] > 1_000_000.0);
+    assert!(values["process_open_fds"] >= 3.0);
+    // /proc gives the start in clock ticks since a boot time in whole seconds.
+    let started = values["process_start_time_seconds"];
+    assert!(
+        (before - 2.0..before + 60.0).contains(&started),
+        "start time {started}, spawned at {before}"
+    );
+    let status = service.terminate(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}\n{}", service.log());
 }

@@ -6,23 +6,36 @@
 #
 # The build stage installs the same build packages as scripts/test (BUILD_PACKAGES there:
 # librdkafka is compiled from source with the ssl and zstd features) and builds with
-# `cargo build --release --locked`; tests/observability.rs checks that both stay in step.
+# `cargo build --release --locked`; scripts/check-compose checks that both stay in step, and
+# scripts/check-images that every FROM is in deploy/images.yml.
 
-FROM rust:1.95.0-bookworm AS build
+FROM docker.io/library/rust:1.95.0-bookworm AS build
+# cmake is not among them: rdkafka builds librdkafka with its own configure script (the
+# cmake-build feature is off), and no crate in Cargo.lock needs it.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential cmake pkg-config libssl-dev zlib1g-dev \
+        build-essential pkg-config libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY . .
-# Cache mounts keep the crate downloads and the target directory between builds; the binary
-# is copied out of the cached target directory, which is not part of the image.
+# Dependencies first, in a layer of their own: with only the manifests and empty crate roots,
+# this layer (librdkafka and every crate, most of the build time) is rebuilt only when
+# Cargo.toml or Cargo.lock change, not on every source edit.
+COPY Cargo.toml Cargo.lock ./
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+    mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src target/release/.fingerprint/objmeta-* target/release/deps/objmeta-* \
+        target/release/deps/libobjmeta-*
+# Then objmeta itself. sql/ is compiled in (the migrations).
+COPY src src
+COPY sql sql
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
     && install -D -m 0755 target/release/objmeta /out/objmeta
 
-FROM debian:bookworm-slim AS runtime
+FROM docker.io/library/debian:bookworm-slim AS runtime
 # libssl3 for Kafka TLS (librdkafka links OpenSSL dynamically); ca-certificates to verify
 # brokers and PostgreSQL servers.
 RUN apt-get update \

@@ -96,13 +96,72 @@ pub struct KafkaConfig {
     /// Its environment value is hidden in `--help`: it may hold `sasl.password`.
     #[arg(short = 'X', long = "kafka-property", env = "KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ';', value_parser = PropertyParser)]
     pub properties: Vec<(String, String)>,
+    /// This member's static identity in the group (librdkafka's
+    /// `group.instance.id`): a member that restarts under the same id within
+    /// `session.timeout.ms` gets its partitions back without a rebalance.
+    /// Give every replica its own, stable value (the Helm chart uses the pod name).
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+    /// SASL user name (librdkafka's `sasl.username`); a flag of its own so
+    /// that it can come from a secret without the other `-X` properties.
+    #[arg(long, env = "KAFKA_SASL_USERNAME", hide_env_values = true)]
+    pub sasl_username: Option<String>,
+    /// SASL password (librdkafka's `sasl.password`); never printed.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+}
+
+impl KafkaConfig {
+    /// The librdkafka properties that have flags of their own: (property,
+    /// flag, value).
+    fn dedicated(&self) -> [(&'static str, &'static str, Option<&String>); 3] {
+        [
+            (
+                "group.instance.id",
+                "--group-instance-id (KAFKA_GROUP_INSTANCE_ID)",
+                self.group_instance_id.as_ref(),
+            ),
+            (
+                "sasl.username",
+                "--sasl-username (KAFKA_SASL_USERNAME)",
+                self.sasl_username.as_ref(),
+            ),
+            (
+                "sasl.password",
+                "--sasl-password (KAFKA_SASL_PASSWORD)",
+                self.sasl_password.as_ref(),
+            ),
+        ]
+    }
+
+    /// The librdkafka properties the user set: `-X` and the dedicated flags.
+    pub fn user_properties(&self) -> Vec<(String, String)> {
+        let dedicated = self
+            .dedicated()
+            .into_iter()
+            .filter_map(|(key, _, value)| value.map(|v| (key.to_string(), v.clone())));
+        self.properties.iter().cloned().chain(dedicated).collect()
+    }
+
+    /// A property set both by `-X` and by its own flag is refused: silently
+    /// preferring one would hide a mistake in one of two configuration places.
+    fn validate(&self) -> Result<(), Error> {
+        for (key, flag, value) in self.dedicated() {
+            if value.is_some() && self.properties.iter().any(|(k, _)| k == key) {
+                return Err(Error::Config(format!(
+                    "{key} is set twice: by {flag} and by -X (KAFKA_PROPERTIES); keep one"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Shows the `-X` property names only: their values may be secrets.
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let properties: Vec<String> = self
-            .properties
+            .user_properties()
             .iter()
             .map(|(key, _)| format!("{key}={}", crate::redact::REDACTED))
             .collect();
@@ -177,6 +236,7 @@ impl DatabaseConfig {
 impl RunConfig {
     /// Cross-field checks that clap cannot express.
     pub fn validate(&self) -> Result<(), Error> {
+        self.kafka.validate()?;
         if self.batch_max_rows == 0 {
             return Err(Error::Config(
                 "--batch-max-rows (BATCH_MAX_ROWS) must be at least 1".into(),
@@ -441,6 +501,47 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(debug.contains("sasl.passwrd=[redacted]"), "{debug}");
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn dedicated_flags_become_properties_and_never_print() {
+        let config = run_config(&[
+            "--group-instance-id",
+            "objmeta-2",
+            "--sasl-username",
+            "alice",
+            "--sasl-password",
+            "hunter2",
+            "-X",
+            "sasl.mechanism=SCRAM-SHA-512",
+        ]);
+        config.validate().unwrap();
+        assert_eq!(
+            config.kafka.user_properties(),
+            vec![
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("group.instance.id".into(), "objmeta-2".into()),
+                ("sasl.username".into(), "alice".into()),
+                ("sasl.password".into(), "hunter2".into()),
+            ]
+        );
+        let debug = format!("{config:?}");
+        assert!(debug.contains("sasl.password=[redacted]"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("alice"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_property_given_by_its_flag_and_by_x_is_refused() {
+        let config = run_config(&["--sasl-password", "a", "-X", "sasl.password=b"]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("KAFKA_SASL_PASSWORD") && err.contains("set twice"),
+            "{err}"
+        );
+        assert!(!err.contains('a') || !err.contains("=b"), "{err}");
     }
 
     #[test]

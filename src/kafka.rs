@@ -283,7 +283,8 @@ pub fn subscribe(
     metrics: Metrics,
 ) -> Result<(Arc<KafkaConsumer>, UnboundedReceiver<RebalanceEvent>), KafkaError> {
     let mut client = base_config(config, prefetch_kib);
-    for (key, value) in &config.properties {
+    let properties = config.user_properties();
+    for (key, value) in &properties {
         if key == "enable.auto.commit" {
             tracing::warn!("ignoring enable.auto.commit: objmeta commits offsets itself, after each database commit");
             continue;
@@ -298,7 +299,7 @@ pub fn subscribe(
         events,
         epoch: AtomicU64::new(0),
         committed: Mutex::new(BTreeMap::new()),
-        redactor: Redactor::new(&config.properties),
+        redactor: Redactor::new(&properties),
     };
     let redactor = context.redactor.clone();
     let consumer: KafkaConsumer = client

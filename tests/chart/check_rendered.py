@@ -139,6 +139,17 @@ def check_autoscaling(name, objects, sts):
                 check(auth in names, f"{where}: SASL in use but no TriggerAuthentication referenced")
 
 
+def check_default_image():
+    """values.yaml names the default image's tag (scripts/check-images reads it there); it must
+    stay the chart's appVersion, which the helpers fall back to."""
+    chart_dir = os.path.join(ROOT, "deploy/helm/objmeta")
+    with open(os.path.join(chart_dir, "Chart.yaml"), encoding="utf-8") as f:
+        app_version = yaml.safe_load(f)["appVersion"]
+    with open(os.path.join(chart_dir, "values.yaml"), encoding="utf-8") as f:
+        tag = yaml.safe_load(f)["image"]["tag"]
+    check(tag == app_version, f"values.yaml image.tag {tag!r} is not Chart.yaml's appVersion {app_version!r}")
+
+
 def check_file(path):
     name = os.path.basename(path)
     objects = load_objects(path)
@@ -166,6 +177,7 @@ def main():
     full = load_objects(os.path.join(sys.argv[1], "full.yaml"))
     for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication", "PodDisruptionBudget"):
         check(by_kind(full, kind), f"full.yaml: no {kind} rendered")
+    check_default_image()
     for problem in problems:
         print(f"check_rendered: {problem}", file=sys.stderr)
     sys.exit(1 if problems else 0)

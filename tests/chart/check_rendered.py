@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Checks of rendered chart manifests that no schema expresses: the objects agree with each
+other and with objmeta's needs.
+
+    check_rendered.py DIR    (DIR holds one NAME.yaml per value set, from scripts/check-chart)
+
+Static membership (group.instance.id from the pod name), secrets only by reference, every
+selector matching the pods, the ServiceMonitor's job label, the PrometheusRule and dashboard
+equal to their sources, KEDA owning the replica count. Exits 1 listing every problem.
+Needs python3 with PyYAML (Debian: python3-yaml), as scripts/check-compose does.
+"""
+
+import glob
+import json
+import os
+import sys
+
+try:
+    import yaml
+except ImportError as missing:  # pragma: no cover - environment problem, said plainly
+    sys.exit(f"check_rendered: {missing}; install python3-yaml")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SECRET_HINTS = ("PASSWORD", "SECRET", "TOKEN", "DATABASE_URL")
+
+problems = []
+
+
+def check(ok, what):
+    if not ok:
+        problems.append(what)
+    return ok
+
+
+def load_objects(path):
+    with open(path, encoding="utf-8") as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o.get("kind") == kind]
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def container_env(statefulset):
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def duration_seconds(text):
+    check(text.endswith("s") and text[:-1].isdigit(), f"SHUTDOWN_TIMEOUT {text!r} is not whole seconds")
+    return int(text[:-1])
+
+
+def check_statefulset(name, sts, services, autoscaled):
+    where = f"{name}: StatefulSet {sts['metadata']['name']}"
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    check(spec.get("podManagementPolicy") == "Parallel", f"{where}: podManagementPolicy is not Parallel")
+    check(matches(spec["selector"]["matchLabels"], labels), f"{where}: selector does not match its pods")
+    check(pod.get("automountServiceAccountToken") is False, f"{where}: service account token mounted")
+    if autoscaled:
+        check("replicas" not in spec, f"{where}: sets replicas while KEDA owns the count")
+    else:
+        check("replicas" in spec, f"{where}: no replicas without autoscaling")
+
+    headless = [s for s in services if s["metadata"]["name"] == spec["serviceName"]]
+    if check(headless, f"{where}: serviceName {spec['serviceName']} is not a rendered Service"):
+        check(headless[0]["spec"].get("clusterIP") == "None", f"{where}: its Service is not headless")
+        check(matches(headless[0]["spec"]["selector"], labels), f"{where}: its Service selects other pods")
+
+    env = container_env(sts)
+    instance = env.get("KAFKA_GROUP_INSTANCE_ID", {})
+    check(
+        instance.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+        f"{where}: KAFKA_GROUP_INSTANCE_ID is not the pod's name",
+    )
+    check("secretKeyRef" in env.get("DATABASE_URL", {}).get("valueFrom", {}), f"{where}: DATABASE_URL not from a Secret")
+    for var in env.values():
+        if any(hint in var["name"] for hint in SECRET_HINTS):
+            check("value" not in var, f"{where}: {var['name']} has an inline value")
+    names = [e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]]
+    check(len(names) == len(set(names)), f"{where}: an environment variable is set twice")
+
+    shutdown = duration_seconds(env["SHUTDOWN_TIMEOUT"]["value"])
+    check(pod["terminationGracePeriodSeconds"] > shutdown, f"{where}: grace period not longer than SHUTDOWN_TIMEOUT")
+    security = pod["containers"][0]["securityContext"]
+    check(security.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem writable")
+    check(security.get("runAsNonRoot") is True, f"{where}: may run as root")
+    check(security.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities not all dropped")
+    return labels
+
+
+def check_monitoring(name, objects, pod_labels, services):
+    for monitor in by_kind(objects, "ServiceMonitor"):
+        where = f"{name}: ServiceMonitor {monitor['metadata']['name']}"
+        selected = [s for s in services if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        check(len(selected) == 1, f"{where}: selects {len(selected)} Services, want the headless one")
+        ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            check(endpoint["port"] in ports, f"{where}: port {endpoint['port']} is not a port of the Service")
+            job = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
+            check(job and job[0].get("replacement") == "objmeta", f"{where}: job label not set to objmeta")
+
+    with open(os.path.join(ROOT, "deploy/prometheus/alerts.yml"), encoding="utf-8") as f:
+        alerts = yaml.safe_load(f)
+    for rule in by_kind(objects, "PrometheusRule"):
+        check(rule["spec"] == alerts, f"{name}: PrometheusRule differs from deploy/prometheus/alerts.yml")
+
+    with open(os.path.join(ROOT, "dashboards/objmeta.json"), encoding="utf-8") as f:
+        dashboard = json.load(f)
+    for config in by_kind(objects, "ConfigMap"):
+        if "objmeta.json" in config.get("data", {}):
+            check(json.loads(config["data"]["objmeta.json"]) == dashboard, f"{name}: dashboard differs from dashboards/objmeta.json")
+            check(config["metadata"]["labels"].get("grafana_dashboard") == "1", f"{name}: dashboard lacks the sidecar label")
+
+    for pdb in by_kind(objects, "PodDisruptionBudget"):
+        check(matches(pdb["spec"]["selector"]["matchLabels"], pod_labels), f"{name}: PodDisruptionBudget selects other pods")
+
+
+def check_autoscaling(name, objects, sts):
+    for scaled in by_kind(objects, "ScaledObject"):
+        where = f"{name}: ScaledObject {scaled['metadata']['name']}"
+        target = scaled["spec"]["scaleTargetRef"]
+        check(target.get("kind") == "StatefulSet" and target["name"] == sts["metadata"]["name"], f"{where}: does not target the StatefulSet")
+        env = container_env(sts)
+        for trigger in scaled["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            check(meta.get("consumerGroup") == env["KAFKA_GROUP_ID"]["value"], f"{where}: another consumer group than objmeta's")
+            check(meta.get("topic") == env["KAFKA_TOPIC"]["value"], f"{where}: another topic than objmeta's")
+            check(meta.get("allowIdleConsumers") == "false", f"{where}: allowIdleConsumers is not \"false\"")
+            auth = trigger.get("authenticationRef", {}).get("name")
+            if "KAFKA_SASL_PASSWORD" in env:
+                names = [a["metadata"]["name"] for a in by_kind(objects, "TriggerAuthentication")]
+                check(auth in names, f"{where}: SASL in use but no TriggerAuthentication referenced")
+
+
+def check_default_image():
+    """values.yaml names the default image's tag (scripts/check-images reads it there); it must
+    stay the chart's appVersion, which the helpers fall back to."""
+    chart_dir = os.path.join(ROOT, "deploy/helm/objmeta")
+    with open(os.path.join(chart_dir, "Chart.yaml"), encoding="utf-8") as f:
+        app_version = yaml.safe_load(f)["appVersion"]
+    with open(os.path.join(chart_dir, "values.yaml"), encoding="utf-8") as f:
+        tag = yaml.safe_load(f)["image"]["tag"]
+    check(tag == app_version, f"values.yaml image.tag {tag!r} is not Chart.yaml's appVersion {app_version!r}")
+
+
+def check_file(path):
+    name = os.path.basename(path)
+    objects = load_objects(path)
+    services = by_kind(objects, "Service")
+    statefulsets = by_kind(objects, "StatefulSet")
+    if not check(len(statefulsets) == 1, f"{name}: {len(statefulsets)} StatefulSets, want 1"):
+        return
+    sts = statefulsets[0]
+    autoscaled = bool(by_kind(objects, "ScaledObject"))
+    pod_labels = check_statefulset(name, sts, services, autoscaled)
+    check_monitoring(name, objects, pod_labels, services)
+    check_autoscaling(name, objects, sts)
+    print(f"  rendered objects consistent: {name} ({len(objects)} objects)", file=sys.stderr)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: check_rendered.py DIR")
+    files = sorted(glob.glob(os.path.join(sys.argv[1], "*.yaml")))
+    if not files:
+        sys.exit(f"check_rendered: no manifests in {sys.argv[1]}")
+    for path in files:
+        check_file(path)
+    # The full value set must exercise every optional kind, or its checks prove nothing.
+    full = load_objects(os.path.join(sys.argv[1], "full.yaml"))
+    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication", "PodDisruptionBudget"):
+        check(by_kind(full, kind), f"full.yaml: no {kind} rendered")
+    check_default_image()
+    for problem in problems:
+        print(f"check_rendered: {problem}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

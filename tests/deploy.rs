@@ -20,7 +20,10 @@ fn check_images(manifests: &[&std::path::Path]) -> (Output, String) {
 #[test]
 fn compose_dockerfile_and_chart_use_only_listed_images() {
     let (output, stdout) = check_images(&[]);
-    assert!(output.status.success(), "scripts/check-images failed:\n{stdout}");
+    assert!(
+        output.status.success(),
+        "scripts/check-images failed:\n{stdout}"
+    );
     for place in ["compose:minio", "dockerfile:build", "chart:image"] {
         assert!(stdout.contains(place), "{place} was not checked:\n{stdout}");
     }
@@ -36,7 +39,10 @@ fn an_unlisted_image_in_a_rendered_manifest_is_refused() {
     )
     .unwrap();
     let (output, stdout) = check_images(&[&manifest]);
-    assert!(!output.status.success(), "an unlisted image passed:\n{stdout}");
+    assert!(
+        !output.status.success(),
+        "an unlisted image passed:\n{stdout}"
+    );
     assert!(
         stdout.contains("FAIL  rendered.yaml: minio/minio:latest is not in deploy/images.yml"),
         "{stdout}"

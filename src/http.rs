@@ -89,6 +89,26 @@ impl Health {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `work` and counts as progress while it runs: for start-up work
+    /// that may rightly take minutes (a migration rewriting a big table, or
+    /// waiting for another replica's). Restarting the process would only
+    /// roll that work back and start it over; a dead database peer is found
+    /// by the connection's keepalives instead.
+    pub async fn alive_while<F: std::future::Future>(&self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        let mut beat =
+            tokio::time::interval((self.stall_timeout / 4).max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                done = &mut work => {
+                    self.progressed();
+                    return done;
+                }
+                _ = beat.tick() => self.progressed(),
+            }
+        }
+    }
+
     pub fn set_database_ready(&self, ready: bool) {
         self.database_ready.store(ready, Ordering::Relaxed);
     }

@@ -65,8 +65,13 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
     )
     .await?;
     let result = async {
-        let migrated =
-            migrate_until_done(&migrations, &config.database.database_schema, &shutdown).await?;
+        let migrated = migrate_until_done(
+            &migrations,
+            &config.database.database_schema,
+            &health,
+            &shutdown,
+        )
+        .await?;
         drop(migrations);
         if !migrated {
             return Ok(());
@@ -109,21 +114,24 @@ pub async fn migrate(config: &DatabaseConfig) -> Result<usize, Error> {
 
 /// Start-up migrations, retried while the database is unreachable so that
 /// objmeta can start before PostgreSQL. Returns `false` when shut down first.
+/// The process stays live meanwhile (not ready): a liveness probe must not
+/// restart a replica that waits for its database or runs a long migration.
 async fn migrate_until_done(
     pool: &deadpool_postgres::Pool,
     schema: &Schema,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<bool, SinkError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match migrate::apply(pool, schema).await {
+        match health.alive_while(migrate::apply(pool, schema)).await {
             Ok(_) => return Ok(true),
             Err(e) if e.disposition() == Disposition::Retriable => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "database not reachable for migrations");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = health.alive_while(tokio::time::sleep(delay)) => {}
                 }
             }
             Err(e) => return Err(e),

@@ -152,3 +152,78 @@ async fn a_wrong_password_is_fatal_and_says_so() {
     );
     assert!(!text.contains("secret"), "no password in errors: {text}");
 }
+
+/// `/healthz` answers 200 every 250 ms for `period`, and `/readyz` 503.
+async fn live_but_not_ready_for(port: u16, period: Duration) {
+    let until = std::time::Instant::now() + period;
+    // The server comes up first; a refused connection is not an answer.
+    wait_until(Duration::from_secs(10), "the HTTP server", || async {
+        http_get(port, "/healthz").await.map(|_| ())
+    })
+    .await;
+    while std::time::Instant::now() < until {
+        let (live, _) = http_get(port, "/healthz").await.expect("/healthz answers");
+        assert_eq!(live, 200, "a replica waiting at start-up was reported dead");
+        let (ready, _) = http_get(port, "/readyz").await.expect("/readyz answers");
+        assert_eq!(ready, 503, "ready before its migrations ran");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A liveness probe must not restart a replica whose start-up migrations
+/// wait: here for a lock another session holds (as while another replica
+/// migrates a big table) for longer than the stall timeout, then for a
+/// database that does not answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_start_up_migrations_stay_live() {
+    let bed = TestBed::new("startup_live", 1).await;
+    objmeta::migrate(&database_config(&bed)).await.unwrap();
+    let mut locker = bed.db().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE objmeta_migrations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let quick = ["--health-stall-timeout", "2s", "--retry-max-backoff", "1s"];
+    let service = bed.start(&quick);
+    live_but_not_ready_for(service.http_port, Duration::from_secs(6)).await;
+    lock.rollback().await.unwrap();
+    wait_until(Duration::from_secs(60), "readiness", || async {
+        let (status, _) = http_get(service.http_port, "/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+    service.stop().await.unwrap();
+
+    let http_port = common::free_port();
+    let nobody = format!(
+        "postgres://objmeta@127.0.0.1:{}/objmeta",
+        common::free_port()
+    );
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let args = [
+        "objmeta",
+        "run",
+        "--brokers",
+        &bed.services.brokers,
+        "--topic",
+        &bed.topic,
+        "--database-url",
+        &nobody,
+        "--database-connect-timeout",
+        "1s",
+        "--http-addr",
+        &http_addr,
+        "--health-stall-timeout",
+        "2s",
+        "--retry-max-backoff",
+        "1s",
+    ];
+    let Command::Run(config) = Cli::try_parse_from(args).unwrap().command else {
+        panic!("expected run");
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(objmeta::run(*config, shutdown.clone()));
+    live_but_not_ready_for(http_port, Duration::from_secs(6)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

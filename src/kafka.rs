@@ -18,7 +18,7 @@
 //! callback is never invoked, rust-rdkafka issue #856): a synchronous
 //! commit is the only way to count failures and know what was committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -69,6 +69,10 @@ pub struct Context {
     /// The offsets last committed successfully, so that unchanged ones are
     /// not committed again.
     committed: Mutex<BTreeMap<i32, i64>>,
+    /// The partitions this member owns, from the rebalance callbacks
+    /// themselves: asking librdkafka (`assignment()`) from inside a callback
+    /// that closing the consumer runs blocks forever.
+    owned: Mutex<BTreeSet<i32>>,
     /// Keeps the `-X` values out of what librdkafka reports.
     redactor: Redactor,
 }
@@ -148,6 +152,23 @@ impl Context {
         }
     }
 
+    /// Records partitions gained (`gained`) or given up (revoked or lost;
+    /// the cooperative protocol lists only those that move) and exports
+    /// how many this member owns.
+    fn own(&self, partitions: &[i32], gained: bool) {
+        let mut owned = lock(&self.owned);
+        for &partition in partitions {
+            if gained {
+                owned.insert(partition);
+            } else {
+                owned.remove(&partition);
+            }
+        }
+        self.metrics
+            .assigned_partitions
+            .set(i64::try_from(owned.len()).unwrap_or(i64::MAX));
+    }
+
     fn send(&self, event: RebalanceEvent) {
         // The receiver lives as long as the pipeline; after it is gone
         // nobody needs the event.
@@ -169,7 +190,10 @@ impl Context {
                     tracing::warn!(error = %e, ?partitions, "commit before revoke failed; the new owner re-reads from the previous commit")
                 }
             },
-            Err(_) => {
+            // The pipeline is gone: it made its final commit before closing
+            // the consumer, whose revoke this is.
+            Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => {
                 tracing::warn!(?partitions, wait = ?REVOKE_WAIT, "revoking while a write of these partitions still runs; the new owner re-reads its messages")
             }
         }
@@ -216,6 +240,7 @@ impl ConsumerContext for Context {
         };
         let partitions = partitions_of(list);
         self.next_epoch();
+        self.own(&partitions, false);
         if consumer.assignment_lost() {
             self.metrics.rebalances.with_label_values(&["lost"]).inc();
             tracing::warn!(
@@ -230,19 +255,14 @@ impl ConsumerContext for Context {
         self.revoke(consumer, partitions);
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             self.metrics.rebalances.with_label_values(&["assign"]).inc();
             let epoch = self.next_epoch();
-            self.send(RebalanceEvent::Assigned {
-                partitions: partitions_of(list),
-                epoch,
-            });
+            let partitions = partitions_of(list);
+            self.own(&partitions, true);
+            self.send(RebalanceEvent::Assigned { partitions, epoch });
         }
-        let assigned = consumer.assignment().map_or(0, |a| a.count());
-        self.metrics
-            .assigned_partitions
-            .set(i64::try_from(assigned).unwrap_or(i64::MAX));
     }
 }
 
@@ -313,6 +333,7 @@ pub fn subscribe(
         events,
         epoch: AtomicU64::new(0),
         committed: Mutex::new(BTreeMap::new()),
+        owned: Mutex::new(BTreeSet::new()),
         redactor: Redactor::new(&properties),
     };
     let redactor = context.redactor.clone();

@@ -4,15 +4,17 @@ other and with objmeta's needs.
 
     check_rendered.py DIR    (DIR holds one NAME.yaml per value set, from scripts/check-chart)
 
-Static membership (group.instance.id from the pod name), secrets only by reference, every
-selector matching the pods, the ServiceMonitor's job label, the PrometheusRule and dashboard
-equal to their sources, KEDA owning the replica count. Exits 1 listing every problem.
+Static membership (group.instance.id from the pod's namespace and name), secrets only by
+reference, every selector matching the pods, the ServiceMonitor's job label, the
+PrometheusRule and dashboard equal to their sources, KEDA owning the replica count with a
+trigger KEDA's Kafka scaler understands. Exits 1 listing every problem.
 Needs python3 with PyYAML (Debian: python3-yaml), as scripts/check-compose does.
 """
 
 import glob
 import json
 import os
+import re
 import sys
 
 try:
@@ -21,7 +23,15 @@ except ImportError as missing:  # pragma: no cover - environment problem, said p
     sys.exit(f"check_rendered: {missing}; install python3-yaml")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SECRET_HINTS = ("PASSWORD", "SECRET", "TOKEN", "DATABASE_URL")
+CHART = os.path.join(ROOT, "deploy/helm/objmeta")
+VALUE_SETS = os.path.join(ROOT, "tests/chart/values")
+# The trigger metadata keys the chart may render, each a parameter of KEDA's Kafka scaler
+# (keda.sh/docs/2.20/scalers/apache-kafka). The CRD types metadata as a free string map, so
+# a misspelled key (lagTreshold) passes validation and KEDA silently uses the default.
+KAFKA_SCALER_KEYS = {
+    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "allowIdleConsumers",
+    "offsetResetPolicy", "sasl", "tls",
+}
 
 problems = []
 
@@ -50,9 +60,20 @@ def container_env(statefulset):
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def duration_seconds(text):
-    check(text.endswith("s") and text[:-1].isdigit(), f"SHUTDOWN_TIMEOUT {text!r} is not whole seconds")
-    return int(text[:-1])
+def load_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def secret_looking_name():
+    """values.schema.json's one rule for names that may hold a secret (Go's and Python's
+    regular expressions agree on its syntax)."""
+    with open(os.path.join(CHART, "values.schema.json"), encoding="utf-8") as f:
+        return re.compile(json.load(f)["definitions"]["secretLookingName"]["pattern"])
+
+
+def field_ref(var):
+    return var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
 
 
 def check_statefulset(name, sts, services, autoscaled):
@@ -74,20 +95,24 @@ def check_statefulset(name, sts, services, autoscaled):
         check(matches(headless[0]["spec"]["selector"], labels), f"{where}: its Service selects other pods")
 
     env = container_env(sts)
-    instance = env.get("KAFKA_GROUP_INSTANCE_ID", {})
-    check(
-        instance.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
-        f"{where}: KAFKA_GROUP_INSTANCE_ID is not the pod's name",
-    )
-    check("secretKeyRef" in env.get("DATABASE_URL", {}).get("valueFrom", {}), f"{where}: DATABASE_URL not from a Secret")
-    for var in env.values():
-        if any(hint in var["name"] for hint in SECRET_HINTS):
-            check("value" not in var, f"{where}: {var['name']} has an inline value")
     names = [e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]]
     check(len(names) == len(set(names)), f"{where}: an environment variable is set twice")
+    check(field_ref(env.get("POD_NAMESPACE", {})) == "metadata.namespace", f"{where}: POD_NAMESPACE is not the pod's namespace")
+    check(field_ref(env.get("POD_NAME", {})) == "metadata.name", f"{where}: POD_NAME is not the pod's name")
+    check(
+        env.get("KAFKA_GROUP_INSTANCE_ID", {}).get("value") == "$(POD_NAMESPACE)-$(POD_NAME)",
+        f"{where}: KAFKA_GROUP_INSTANCE_ID is not $(POD_NAMESPACE)-$(POD_NAME)",
+    )
+    # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+    if "KAFKA_GROUP_INSTANCE_ID" in names:
+        defined_before = names[: names.index("KAFKA_GROUP_INSTANCE_ID")]
+        check({"POD_NAMESPACE", "POD_NAME"} <= set(defined_before), f"{where}: KAFKA_GROUP_INSTANCE_ID precedes the variables it uses")
+    check("secretKeyRef" in env.get("DATABASE_URL", {}).get("valueFrom", {}), f"{where}: DATABASE_URL not from a Secret")
+    secret_looking = secret_looking_name()
+    for var in env.values():
+        if secret_looking.search(var["name"]):
+            check("value" not in var, f"{where}: {var['name']} has an inline value")
 
-    shutdown = duration_seconds(env["SHUTDOWN_TIMEOUT"]["value"])
-    check(pod["terminationGracePeriodSeconds"] > shutdown, f"{where}: grace period not longer than SHUTDOWN_TIMEOUT")
     security = pod["containers"][0]["securityContext"]
     check(security.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem writable")
     check(security.get("runAsNonRoot") is True, f"{where}: may run as root")
@@ -106,10 +131,8 @@ def check_monitoring(name, objects, pod_labels, services):
             job = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
             check(job and job[0].get("replacement") == "objmeta", f"{where}: job label not set to objmeta")
 
-    with open(os.path.join(ROOT, "deploy/prometheus/alerts.yml"), encoding="utf-8") as f:
-        alerts = yaml.safe_load(f)
     for rule in by_kind(objects, "PrometheusRule"):
-        check(rule["spec"] == alerts, f"{name}: PrometheusRule differs from deploy/prometheus/alerts.yml")
+        check_prometheus_rule(name, rule)
 
     with open(os.path.join(ROOT, "dashboards/objmeta.json"), encoding="utf-8") as f:
         dashboard = json.load(f)
@@ -122,6 +145,30 @@ def check_monitoring(name, objects, pod_labels, services):
         check(matches(pdb["spec"]["selector"]["matchLabels"], pod_labels), f"{name}: PodDisruptionBudget selects other pods")
 
 
+def runbook_bases(name):
+    """The chart's default prometheusRule.runbookBaseUrl and the one value set NAME uses."""
+    default = load_yaml(os.path.join(CHART, "values.yaml"))["prometheusRule"]["runbookBaseUrl"]
+    values = load_yaml(os.path.join(VALUE_SETS, name)) or {}
+    return default, values.get("prometheusRule", {}).get("runbookBaseUrl", default)
+
+
+def check_prometheus_rule(name, rule):
+    """With the default base the rule is deploy/prometheus/alerts.yml exactly; with another,
+    only the runbook URLs differ, each starting with that base."""
+    alerts = load_yaml(os.path.join(ROOT, "deploy/prometheus/alerts.yml"))
+    default, base = runbook_bases(name)
+    if base == default:
+        check(rule["spec"] == alerts, f"{name}: PrometheusRule differs from deploy/prometheus/alerts.yml")
+        return
+    restored = json.loads(json.dumps(rule["spec"]))
+    for group in restored["groups"]:
+        for alert in group["rules"]:
+            url = alert.get("annotations", {}).get("runbook_url", "")
+            if check(url.startswith(base + "#"), f"{name}: {alert['alert']}'s runbook_url {url!r} does not start with {base}#"):
+                alert["annotations"]["runbook_url"] = default + url[len(base):]
+    check(restored == alerts, f"{name}: PrometheusRule differs from deploy/prometheus/alerts.yml in more than the runbook URLs")
+
+
 def check_autoscaling(name, objects, sts):
     for scaled in by_kind(objects, "ScaledObject"):
         where = f"{name}: ScaledObject {scaled['metadata']['name']}"
@@ -130,9 +177,12 @@ def check_autoscaling(name, objects, sts):
         env = container_env(sts)
         for trigger in scaled["spec"]["triggers"]:
             meta = trigger["metadata"]
+            unknown = sorted(set(meta) - KAFKA_SCALER_KEYS)
+            check(not unknown, f"{where}: trigger metadata keys {unknown} are not Kafka scaler parameters the chart renders")
             check(meta.get("consumerGroup") == env["KAFKA_GROUP_ID"]["value"], f"{where}: another consumer group than objmeta's")
             check(meta.get("topic") == env["KAFKA_TOPIC"]["value"], f"{where}: another topic than objmeta's")
             check(meta.get("allowIdleConsumers") == "false", f"{where}: allowIdleConsumers is not \"false\"")
+            check(meta.get("offsetResetPolicy") == "earliest", f"{where}: offsetResetPolicy is not \"earliest\" (objmeta's auto.offset.reset)")
             auth = trigger.get("authenticationRef", {}).get("name")
             if "KAFKA_SASL_PASSWORD" in env:
                 names = [a["metadata"]["name"] for a in by_kind(objects, "TriggerAuthentication")]
@@ -142,11 +192,8 @@ def check_autoscaling(name, objects, sts):
 def check_default_image():
     """values.yaml names the default image's tag (scripts/check-images reads it there); it must
     stay the chart's appVersion, which the helpers fall back to."""
-    chart_dir = os.path.join(ROOT, "deploy/helm/objmeta")
-    with open(os.path.join(chart_dir, "Chart.yaml"), encoding="utf-8") as f:
-        app_version = yaml.safe_load(f)["appVersion"]
-    with open(os.path.join(chart_dir, "values.yaml"), encoding="utf-8") as f:
-        tag = yaml.safe_load(f)["image"]["tag"]
+    app_version = load_yaml(os.path.join(CHART, "Chart.yaml"))["appVersion"]
+    tag = load_yaml(os.path.join(CHART, "values.yaml"))["image"]["tag"]
     check(tag == app_version, f"values.yaml image.tag {tag!r} is not Chart.yaml's appVersion {app_version!r}")
 
 

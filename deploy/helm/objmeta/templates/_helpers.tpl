@@ -5,8 +5,8 @@
 {{- end -}}
 
 {{/*
-The release's full name. Pods are named <fullname>-<ordinal>, and that name is the Kafka
-group.instance.id, so it stays short enough for a DNS label with a large ordinal.
+The release's full name. Pods are named <fullname>-<ordinal>, and <namespace>-<pod name> is
+the Kafka group.instance.id, so it stays short enough for a DNS label with a large ordinal.
 */}}
 {{- define "objmeta.fullname" -}}
 {{- if .Values.fullnameOverride -}}
@@ -44,6 +44,15 @@ app.kubernetes.io/component: consumer
 
 {{- define "objmeta.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/*
+The prefix every runbook_url of files/alerts.yml starts with; the PrometheusRule replaces it
+with prometheusRule.runbookBaseUrl (whose default is the same, so the default rendering is the
+file unchanged).
+*/}}
+{{- define "objmeta.runbookSourceBase" -}}
+https://github.com/objmeta/objmeta/blob/main/docs/alerts.md
 {{- end -}}
 
 {{- define "objmeta.saslEnabled" -}}
@@ -89,10 +98,13 @@ every render (install, upgrade, template) checks them.
 {{- if le (int .Values.database.poolSize) (int .Values.config.writeConcurrency) -}}
 {{- fail (printf "database.poolSize (%d) must exceed config.writeConcurrency (%d): one connection per write lane plus one for health checks" (int .Values.database.poolSize) (int .Values.config.writeConcurrency)) -}}
 {{- end -}}
+{{- /* objmeta's longest shutdown: SHUTDOWN_TIMEOUT of writing, then up to CLOSE_TIMEOUT
+       (15 s, src/pipeline.rs) to commit and close the consumer, then up to EXIT_GRACE (5 s,
+       src/main.rs) for the runtime to stop. The one place this margin is enforced. */}}
 {{- $shutdown := int .Values.config.shutdownTimeoutSeconds -}}
 {{- $grace := int .Values.terminationGracePeriodSeconds -}}
-{{- if lt $grace (add $shutdown 15) -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.shutdownTimeoutSeconds (%d) + 15: objmeta writes for up to the shutdown timeout, then commits and leaves the group; a shorter grace period kills it mid-write" $grace $shutdown) -}}
+{{- if lt $grace (add $shutdown 20) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.shutdownTimeoutSeconds (%d) + 20: objmeta writes for up to the shutdown timeout, then commits and closes its consumer (up to 15 s) and exits (up to 5 s); a shorter grace period kills it before its final commit" $grace $shutdown) -}}
 {{- end -}}
 {{- if and .Values.kafka.partitions (not .Values.autoscaling.enabled) (gt (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): a replica beyond the partition count gets no partition" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}

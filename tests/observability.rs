@@ -35,9 +35,10 @@ use objmeta::produce::{workload, WorkloadSpec};
 /// provisioned Prometheus (uid `prometheus`) and any imported-into Prometheus both work.
 const DATASOURCE: &str = r#"{"type":"prometheus","uid":"${datasource}"}"#;
 
-/// Where each alert's runbook is: `#` and the alert's name, lower-cased (GitHub's anchor of
-/// its `## ObjmetaXxx` heading in docs/alerts.md).
-const RUNBOOK: &str = "https://github.com/objmeta/objmeta/blob/main/docs/alerts.md#";
+/// Where each alert's runbook is: docs/alerts.md on the main branch of Cargo.toml's
+/// `repository`, then `#` and the alert's name, lower-cased (GitHub's anchor of its
+/// `## ObjmetaXxx` heading).
+const RUNBOOK: &str = concat!(env!("CARGO_PKG_REPOSITORY"), "/blob/main/docs/alerts.md#");
 
 /// The job every dashboard query selects, through the `job` variable; also the job name of
 /// the test's Prometheus, which the substitution puts in its place.

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # objmeta's container image: built in a Rust image, run in a small Debian one as a non-root user.
 #
 #   docker build -t objmeta .
@@ -52,7 +51,7 @@ ENV HTTP_ADDR=0.0.0.0:9187 \
 EXPOSE 9187
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/objmeta-probe", "/healthz"]
-# SIGTERM (docker stop) makes objmeta write what it has, commit and leave the group.
+# SIGTERM (docker stop) makes objmeta write what it has, commit and close its consumer.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/objmeta"]
 CMD ["run"]

@@ -1,6 +1,6 @@
 -- objmeta schema, version 2: an object's row is a function of the set of its
--- events, whatever their order, duplicates or batch split (docs/reliability.md,
--- "Ordering rules").
+-- events, whatever their order, duplicates or batch split (README, "Ordering
+-- rules").
 --
 -- The row keeps two parts, each "newest wins" under one total order:
 --   * the current state: the newest creation or unconditional removal (the

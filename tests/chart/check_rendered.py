@@ -7,7 +7,8 @@ other and with objmeta's needs.
 Static membership (group.instance.id from the pod's namespace and name), secrets only by
 reference, every selector matching the pods, the ServiceMonitor's job label, the
 PrometheusRule and dashboard equal to their sources, KEDA owning the replica count with a
-trigger KEDA's Kafka scaler understands. Exits 1 listing every problem.
+trigger KEDA's Kafka scaler understands, authenticated with objmeta's SASL Secret and trusting
+the same CA Secret key that objmeta mounts for ssl.ca.location. Exits 1 listing every problem.
 Needs python3 with PyYAML (Debian: python3-yaml), as scripts/check-compose does.
 """
 
@@ -32,6 +33,9 @@ KAFKA_SCALER_KEYS = {
     "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "allowIdleConsumers",
     "offsetResetPolicy", "sasl", "tls",
 }
+# The TriggerAuthentication parameters the chart may render, each an authentication parameter
+# of the Kafka scaler; the CRD takes any string, and KEDA ignores one it does not know.
+KAFKA_SCALER_AUTH_PARAMS = {"username", "password", "ca"}
 
 problems = []
 
@@ -183,10 +187,66 @@ def check_autoscaling(name, objects, sts):
             check(meta.get("topic") == env["KAFKA_TOPIC"]["value"], f"{where}: another topic than objmeta's")
             check(meta.get("allowIdleConsumers") == "false", f"{where}: allowIdleConsumers is not \"false\"")
             check(meta.get("offsetResetPolicy") == "earliest", f"{where}: offsetResetPolicy is not \"earliest\" (objmeta's auto.offset.reset)")
-            auth = trigger.get("authenticationRef", {}).get("name")
-            if "KAFKA_SASL_PASSWORD" in env:
-                names = [a["metadata"]["name"] for a in by_kind(objects, "TriggerAuthentication")]
-                check(auth in names, f"{where}: SASL in use but no TriggerAuthentication referenced")
+            check_trigger_auth(where, objects, trigger, env, mounted_ca(name, sts))
+
+
+def kafka_properties(env):
+    """KAFKA_PROPERTIES as a dict (key=value pairs joined with ";")."""
+    value = env.get("KAFKA_PROPERTIES", {}).get("value", "")
+    return dict(pair.split("=", 1) for pair in value.split(";") if pair)
+
+
+def mounted_ca(name, sts):
+    """(Secret, key) of the file ssl.ca.location names, which must be that key of a Secret
+    volume mounted read-only into the objmeta container; None without ssl.ca.location."""
+    where = f"{name}: StatefulSet {sts['metadata']['name']}"
+    props = kafka_properties(container_env(sts))
+    location = props.get("ssl.ca.location")
+    if location is None:
+        return None
+    check(props.get("security.protocol") in ("SSL", "SASL_SSL"), f"{where}: ssl.ca.location without TLS")
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if not location.startswith(directory):
+            continue
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if not check(secret, f"{where}: ssl.ca.location {location} is not in a Secret volume"):
+            return None
+        check(mount.get("readOnly") is True, f"{where}: the CA's volume is mounted writable")
+        items = [i for i in secret.get("items", []) if i["path"] == location[len(directory):]]
+        if not check(len(items) == 1, f"{where}: no item of Secret {secret['secretName']} is mounted as {location}"):
+            return None
+        return secret["secretName"], items[0]["key"]
+    check(False, f"{where}: ssl.ca.location {location} is not in a mounted volume")
+    return None
+
+
+def check_trigger_auth(where, objects, trigger, env, ca):
+    """The trigger authenticates as objmeta does: the SASL Secret, and the CA objmeta trusts
+    (the same Secret and key) as the scaler's `ca`, with tls enabled."""
+    auths = {a["metadata"]["name"]: a for a in by_kind(objects, "TriggerAuthentication")}
+    ref = trigger.get("authenticationRef", {}).get("name")
+    if ref is None:
+        check("KAFKA_SASL_PASSWORD" not in env, f"{where}: SASL in use but no TriggerAuthentication referenced")
+        check(ca is None, f"{where}: objmeta trusts a private CA but no TriggerAuthentication referenced")
+        return
+    if not check(ref in auths, f"{where}: authenticationRef {ref} is not a rendered TriggerAuthentication"):
+        return
+    refs = auths[ref]["spec"].get("secretTargetRef", [])
+    params = {r["parameter"]: (r["name"], r["key"]) for r in refs}
+    check(len(params) == len(refs), f"{where}: a TriggerAuthentication parameter is set twice")
+    unknown = sorted(set(params) - KAFKA_SCALER_AUTH_PARAMS)
+    check(not unknown, f"{where}: TriggerAuthentication parameters {unknown} are not Kafka scaler parameters the chart renders")
+    for param, var in (("username", "KAFKA_SASL_USERNAME"), ("password", "KAFKA_SASL_PASSWORD")):
+        secret_ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef")
+        expected = (secret_ref["name"], secret_ref["key"]) if secret_ref else None
+        check(params.get(param) == expected, f"{where}: TriggerAuthentication {param} is {params.get(param)}, objmeta's {var} is {expected}")
+    check(params.get("ca") == ca, f"{where}: TriggerAuthentication ca is {params.get('ca')}, objmeta's ssl.ca.location is {ca}")
+    if ca is not None:
+        check(trigger["metadata"].get("tls") == "enable", f"{where}: a CA for KEDA without tls: enable")
 
 
 def check_default_image():
@@ -224,6 +284,8 @@ def main():
     full = load_objects(os.path.join(sys.argv[1], "full.yaml"))
     for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication", "PodDisruptionBudget"):
         check(by_kind(full, kind), f"full.yaml: no {kind} rendered")
+    for sts in by_kind(full, "StatefulSet"):
+        check("ssl.ca.location" in kafka_properties(container_env(sts)), "full.yaml: no private Kafka CA (kafka.tls.caSecret)")
     check_default_image()
     for problem in problems:
         print(f"check_rendered: {problem}", file=sys.stderr)

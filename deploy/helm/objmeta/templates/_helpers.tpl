@@ -64,13 +64,36 @@ https://github.com/objmeta/objmeta/blob/main/docs/alerts.md
 {{- end -}}
 
 {{/*
-KAFKA_PROPERTIES: the security settings from kafka.securityProtocol and kafka.sasl, then
-kafka.properties in key order, joined with ";" (objmeta's separator for this variable).
+The directory kafka.tls.caSecret is mounted at, and the file in it that ssl.ca.location names:
+always ca.crt, whatever kafka.tls.caKey is (the volume maps that key to this file name).
+*/}}
+{{- define "objmeta.kafkaCaDir" -}}
+/etc/objmeta/kafka-ca
+{{- end -}}
+
+{{- define "objmeta.kafkaCaFile" -}}
+{{- printf "%s/ca.crt" (include "objmeta.kafkaCaDir" .) -}}
+{{- end -}}
+
+{{/*
+KEDA needs a TriggerAuthentication for SASL credentials, a private CA, or both.
+*/}}
+{{- define "objmeta.triggerAuthEnabled" -}}
+{{- if or (include "objmeta.saslEnabled" .) .Values.kafka.tls.caSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+KAFKA_PROPERTIES: the security settings from kafka.securityProtocol, kafka.sasl and
+kafka.tls, then kafka.properties in key order, joined with ";" (objmeta's separator for this
+variable).
 */}}
 {{- define "objmeta.kafkaProperties" -}}
 {{- $props := list (printf "security.protocol=%s" .Values.kafka.securityProtocol) -}}
 {{- if include "objmeta.saslEnabled" . -}}
 {{- $props = append $props (printf "sasl.mechanism=%s" .Values.kafka.sasl.mechanism) -}}
+{{- end -}}
+{{- if .Values.kafka.tls.caSecret -}}
+{{- $props = append $props (printf "ssl.ca.location=%s" (include "objmeta.kafkaCaFile" .)) -}}
 {{- end -}}
 {{- range $key := keys .Values.kafka.properties | sortAlpha -}}
 {{- $props = append $props (printf "%s=%s" $key (get $.Values.kafka.properties $key)) -}}
@@ -94,6 +117,9 @@ every render (install, upgrade, template) checks them.
 {{- end -}}
 {{- if and .Values.kafka.sasl.existingSecret (not (include "objmeta.saslEnabled" .)) -}}
 {{- fail (printf "kafka.sasl.existingSecret is set but kafka.securityProtocol is %s: use SASL_SSL or SASL_PLAINTEXT" .Values.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if and .Values.kafka.tls.caSecret (not (include "objmeta.tlsEnabled" .)) -}}
+{{- fail (printf "kafka.tls.caSecret is set but kafka.securityProtocol is %s: a broker CA is only used over TLS; use SSL or SASL_SSL" .Values.kafka.securityProtocol) -}}
 {{- end -}}
 {{- if le (int .Values.database.poolSize) (int .Values.config.writeConcurrency) -}}
 {{- fail (printf "database.poolSize (%d) must exceed config.writeConcurrency (%d): one connection per write lane plus one for health checks" (int .Values.database.poolSize) (int .Values.config.writeConcurrency)) -}}

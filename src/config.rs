@@ -143,13 +143,6 @@ impl KafkaConfig {
         self.properties.iter().cloned().chain(dedicated).collect()
     }
 
-    /// Whether the member has a static identity in the group, by flag or `-X`.
-    pub fn is_static_member(&self) -> bool {
-        self.user_properties()
-            .iter()
-            .any(|(key, _)| key == "group.instance.id")
-    }
-
     /// A property set both by `-X` and by its own flag is refused: silently
     /// preferring one would hide a mistake in one of two configuration places.
     fn validate(&self) -> Result<(), Error> {
@@ -523,11 +516,6 @@ mod tests {
             "sasl.mechanism=SCRAM-SHA-512",
         ]);
         config.validate().unwrap();
-        assert!(config.kafka.is_static_member());
-        assert!(run_config(&["-X", "group.instance.id=a"])
-            .kafka
-            .is_static_member());
-        assert!(!run_config(&[]).kafka.is_static_member());
         assert_eq!(
             config.kafka.user_properties(),
             vec![

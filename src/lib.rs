@@ -95,7 +95,6 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             shutdown_timeout: config.shutdown_timeout,
             write_lanes: config.write_concurrency,
             memory_budget: config.memory_budget,
-            static_member: config.kafka.is_static_member(),
         };
         Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
             .run(shutdown.clone())

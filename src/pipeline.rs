@@ -60,9 +60,6 @@ pub struct Settings {
     pub write_lanes: usize,
     /// Bytes of messages held between librdkafka's queue and the database.
     pub memory_budget: usize,
-    /// The member has a `group.instance.id`: at shutdown it keeps its
-    /// partitions for a restart instead of leaving the group.
-    pub static_member: bool,
 }
 
 /// The batch of some partitions, and the write of its previous one, if it
@@ -424,7 +421,7 @@ impl Pipeline {
     }
 
     /// Shutdown: stop reading, finish the in-flight write, write what is
-    /// left, commit synchronously, then leave the group (on drop).
+    /// left, commit synchronously, then close the consumer (on drop).
     async fn drain(mut self) -> Result<(), Error> {
         tracing::info!("shutting down: writing what was consumed");
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
@@ -437,10 +434,9 @@ impl Pipeline {
         abandon_at_deadline.abort();
         result?;
         let abandoned = self.abandoned;
-        let static_member = self.settings.static_member;
         self.health.set_in_group(false);
         // The final commit and closing the consumer (librdkafka's last
-        // callbacks, leaving the group unless static) block: run them off the async
+        // callbacks, leaving the group) block: run them off the async
         // workers, and do not let a broker that stopped answering hold the
         // exit forever.
         let Pipeline {
@@ -460,12 +456,11 @@ impl Pipeline {
             if let Err(e) = committer.finish(&consumer) {
                 tracing::warn!(error = %e, "final offset commit failed; a restart re-reads the last batch");
             }
-            // Unsubscribing sends LeaveGroup even for a static member
-            // (librdkafka skips it only on close), which would hand its
-            // partitions to the others just before a restart brings it back.
-            if !static_member {
-                consumer.unsubscribe();
-            }
+            // Dropping closes the consumer: it revokes what is left and
+            // leaves the group, except as a static member, which keeps its
+            // partitions for a restart. No unsubscribe first: that sends
+            // LeaveGroup even for a static member (librdkafka skips it only
+            // on close).
             drop(consumer);
         });
         match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {

@@ -5,9 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
 use common::{http_get, minio_message, wait_until, TestBed};
-use objmeta::config::{Cli, Command};
 use objmeta::error::Error;
 
 fn database_config(bed: &TestBed) -> objmeta::config::DatabaseConfig {
@@ -121,25 +119,10 @@ async fn a_wrong_password_is_fatal_and_says_so() {
         .services
         .database_url
         .replace("postgres@", "nobody_here:secret@");
-    let cli = Cli::try_parse_from([
-        "objmeta",
-        "run",
-        "--brokers",
-        &bed.services.brokers,
-        "--topic",
-        &bed.topic,
-        "--database-url",
-        &url,
-        "--http-addr",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
-    let Command::Run(config) = cli.command else {
-        panic!("run")
-    };
+    let config = bed.run_config_at(&url, "127.0.0.1:0", &[]);
     let result = tokio::time::timeout(
         Duration::from_secs(30),
-        objmeta::run(*config, tokio_util::sync::CancellationToken::new()),
+        objmeta::run(config, tokio_util::sync::CancellationToken::new()),
     )
     .await
     .expect("a fatal database error ends run() promptly");
@@ -200,29 +183,11 @@ async fn waiting_start_up_migrations_stay_live() {
         common::free_port()
     );
     let http_addr = format!("127.0.0.1:{http_port}");
-    let args = [
-        "objmeta",
-        "run",
-        "--brokers",
-        &bed.services.brokers,
-        "--topic",
-        &bed.topic,
-        "--database-url",
-        &nobody,
-        "--database-connect-timeout",
-        "1s",
-        "--http-addr",
-        &http_addr,
-        "--health-stall-timeout",
-        "2s",
-        "--retry-max-backoff",
-        "1s",
-    ];
-    let Command::Run(config) = Cli::try_parse_from(args).unwrap().command else {
-        panic!("expected run");
-    };
+    let mut extra = vec!["--database-connect-timeout", "1s"];
+    extra.extend_from_slice(&quick);
+    let config = bed.run_config_at(&nobody, &http_addr, &extra);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(objmeta::run(*config, shutdown.clone()));
+    let task = tokio::spawn(objmeta::run(config, shutdown.clone()));
     live_but_not_ready_for(http_port, Duration::from_secs(6)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();

@@ -175,6 +175,12 @@ impl TestBed {
     /// `objmeta run` configuration for this test bed, as a user would give it.
     pub fn run_config(&self, http_port: u16, extra: &[&str]) -> RunConfig {
         let http_addr = format!("127.0.0.1:{http_port}");
+        self.run_config_at(&self.services.database_url, &http_addr, extra)
+    }
+
+    /// The same on another database URL and HTTP address (a refused role,
+    /// a database nobody answers on).
+    pub fn run_config_at(&self, database_url: &str, http_addr: &str, extra: &[&str]) -> RunConfig {
         let mut args = vec![
             "objmeta",
             "run",
@@ -185,11 +191,11 @@ impl TestBed {
             "--group-id",
             &self.group,
             "--database-url",
-            &self.services.database_url,
+            database_url,
             "--database-schema",
             &self.schema,
             "--http-addr",
-            &http_addr,
+            http_addr,
         ];
         args.extend_from_slice(extra);
         match Cli::try_parse_from(args)

@@ -97,6 +97,12 @@ impl Metadata {
         self.0 == "{}"
     }
 
+    /// The value of one entry, e.g. the system entry `content-type` of a listing.
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
+        let mut entries: BTreeMap<String, String> = serde_json::from_str(&self.0).ok()?;
+        entries.remove(key)
+    }
+
     /// The object as a JSON value (for tests and dead-letter payloads).
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_str(&self.0).unwrap_or_default()
@@ -374,12 +380,7 @@ fn object_state(
     })
 }
 
-/// Splits `userMetadata` into user (`x-amz-meta-*`) and system entries, keys lower-cased.
-///
-/// Keys that collide after lower-casing (`X-Amz-Meta-Id` and `x-amz-meta-id`) resolve the same
-/// way whatever the JSON order: the value of the original key that sorts greatest in byte order
-/// wins (for an exactly repeated key, the greatest value). Lower-casing is Unicode, like Go's
-/// `strings.ToLower`.
+/// Splits `userMetadata` into user and system entries (see [`split_entries`]).
 fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(Metadata, Metadata), ParseError> {
     if let Some((key, found)) = &metadata.not_text {
         let error = ParseError::NotString { found };
@@ -387,17 +388,40 @@ fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(Metadata, Metadata), P
             error,
         ));
     }
-    let mut entries: Vec<&(Cow<'_, str>, Cow<'_, str>)> = metadata.entries.iter().collect();
+    split_entries(metadata.iter()).map_err(|NulInMetadata { key }| {
+        ParseError::at(format!("s3.object.userMetadata[{key:?}]"))(ParseError::NulCharacter)
+    })
+}
+
+/// A metadata entry holds a NUL character, which PostgreSQL text and jsonb cannot store.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct NulInMetadata<'a> {
+    pub key: &'a str,
+}
+
+/// Splits metadata entries, as stored (`X-Amz-Meta-Id`, `content-type`, …), into user
+/// (`x-amz-meta-*`, prefix matched in any letter case and stripped) and system entries, keys
+/// lower-cased. The one metadata rule: a MinIO event's `userMetadata`, a MinIO listing's
+/// `UserMetadata` and a HeadObject's headers all go through it, so that the same object
+/// yields the same metadata whichever way it was read.
+///
+/// Keys that collide after lower-casing (`X-Amz-Meta-Id` and `x-amz-meta-id`) resolve the same
+/// way whatever the input order: the value of the original key that sorts greatest in byte order
+/// wins (for an exactly repeated key, the greatest value). Lower-casing is Unicode, like Go's
+/// `strings.ToLower`.
+pub(crate) fn split_entries<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(Metadata, Metadata), NulInMetadata<'a>> {
+    let mut entries: Vec<(&str, &str)> = entries.into_iter().collect();
     entries.sort_unstable();
     let (mut user, mut system) = (BTreeMap::new(), BTreeMap::new());
     for (key, value) in entries {
         if key.contains('\0') || value.contains('\0') {
-            let field = format!("s3.object.userMetadata[{key:?}]");
-            return Err(ParseError::at(field)(ParseError::NulCharacter));
+            return Err(NulInMetadata { key });
         }
         match strip_user_prefix(key) {
-            Some(name) => user.insert(name.to_lowercase(), value.as_ref()),
-            None => system.insert(key.to_lowercase(), value.as_ref()),
+            Some(name) => user.insert(name.to_lowercase(), value),
+            None => system.insert(key.to_lowercase(), value),
         };
     }
     Ok((

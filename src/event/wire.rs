@@ -118,7 +118,7 @@ pub struct Source<'a> {
 }
 
 /// `s3.object.userMetadata`, a string→string map. Entries keep message order when read (the
-/// collision rule in `split_metadata` needs every entry) and are written sorted, as Go does.
+/// collision rule in `split_entries` needs every entry) and are written sorted, as Go does.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserMetadata<'a> {
     pub(super) entries: Vec<(Cow<'a, str>, Cow<'a, str>)>,

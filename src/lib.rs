@@ -20,6 +20,7 @@ pub mod poller;
 pub mod produce;
 pub mod redact;
 pub mod retry;
+pub mod s3;
 pub mod sink;
 pub mod split;
 pub mod tls;

@@ -200,7 +200,7 @@ fn read_topic(
         };
         let message = message.context("probe reading")?;
         read += 1;
-        if read % args.sample_every != 0 {
+        if !read.is_multiple_of(args.sample_every) {
             continue;
         }
         let Ok(parsed) = objmeta::event::parse(message.payload()) else {

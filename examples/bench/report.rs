@@ -102,7 +102,7 @@ fn fmt_rate(v: Option<f64>) -> String {
         let digits = (r.round() as i64).to_string();
         let mut out = String::new();
         for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);

@@ -283,7 +283,7 @@ async fn publish(
         sent += 1;
         producer.context().check()?;
         progress.maybe_report(sent, producer.context());
-        if sent % YIELD_EVERY == 0 {
+        if sent.is_multiple_of(YIELD_EVERY) {
             tokio::task::yield_now().await;
         }
     }

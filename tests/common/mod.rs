@@ -46,31 +46,67 @@ pub fn services() -> &'static Services {
                 database_url,
             };
         }
-        let script = repo_root().join("scripts/services");
-        let up = Command::new(&script)
-            .arg("up")
-            .status()
-            .expect("run scripts/services up");
-        assert!(up.success(), "scripts/services up failed");
-        let env = Command::new(&script)
-            .arg("env")
-            .output()
-            .expect("run scripts/services env");
-        let text = String::from_utf8_lossy(&env.stdout);
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|line| {
-                    line.trim_start_matches("export ")
-                        .strip_prefix(&format!("{name}="))
-                })
-                .unwrap_or_else(|| panic!("{name} missing from scripts/services env"))
-                .to_string()
-        };
+        let value = services_started("up");
         Services {
             brokers: value("KAFKA_BROKERS"),
             database_url: value("DATABASE_URL"),
         }
     })
+}
+
+/// Where versitygw, the real S3 server of the tests, answers.
+#[derive(Clone, Debug)]
+pub struct S3Service {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// versitygw from `S3_ENDPOINT`/`S3_REGION`/`S3_ACCESS_KEY`/`S3_SECRET_KEY`, or started with
+/// `scripts/services s3-up` (once per test binary) when `S3_ENDPOINT` is not set.
+pub fn s3() -> &'static S3Service {
+    static S3: OnceLock<S3Service> = OnceLock::new();
+    S3.get_or_init(|| {
+        let from_env = |name: &str| std::env::var(name).ok();
+        let value: Box<dyn Fn(&str) -> String> = match from_env("S3_ENDPOINT") {
+            Some(_) => Box::new(move |name: &str| {
+                from_env(name).unwrap_or_else(|| panic!("S3_ENDPOINT is set but {name} is not"))
+            }),
+            None => Box::new(services_started("s3-up")),
+        };
+        S3Service {
+            endpoint: value("S3_ENDPOINT"),
+            region: value("S3_REGION"),
+            access_key: value("S3_ACCESS_KEY"),
+            secret_key: value("S3_SECRET_KEY"),
+        }
+    })
+}
+
+/// Runs `scripts/services <command>`, then reads `scripts/services env`: the returned
+/// function gives one of its variables.
+fn services_started(command: &str) -> impl Fn(&str) -> String {
+    let script = repo_root().join("scripts/services");
+    let up = Command::new(&script)
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("run scripts/services {command}: {e}"));
+    assert!(up.success(), "scripts/services {command} failed");
+    let env = Command::new(&script)
+        .arg("env")
+        .output()
+        .expect("run scripts/services env");
+    let text = String::from_utf8_lossy(&env.stdout).into_owned();
+    move |name: &str| {
+        text.lines()
+            .find_map(|line| {
+                line.trim_start_matches("export ")
+                    .strip_prefix(&format!("{name}="))
+            })
+            .unwrap_or_else(|| panic!("{name} missing from scripts/services env"))
+            .to_string()
+    }
 }
 
 /// With `TEST_LOG` set (e.g. `TEST_LOG=objmeta=debug`), in-process objmeta

@@ -11,7 +11,9 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
+use crate::listing::Progress;
 use crate::produce::ProduceArgs;
+use crate::s3::S3Config;
 
 /// Keeps a PostgreSQL table of every MinIO object's current metadata, fed by
 /// MinIO bucket notifications on Kafka.
@@ -39,6 +41,74 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Publish MinIO-format events to a topic (demo, tests, benchmarks).
     Produce(Box<ProduceArgs>),
+    /// Read buckets through the S3 API and write every object's row (resumable).
+    Backfill(Box<ListingConfig>),
+    /// A backfill that also removes the rows of objects no longer in the bucket,
+    /// and reports the drift it found.
+    Reconcile(Box<ListingConfig>),
+}
+
+/// Everything `objmeta backfill` and `objmeta reconcile` need.
+#[derive(Clone, Debug, Args)]
+pub struct ListingConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub s3: S3Config,
+    /// Bucket to read; repeat the flag for several (read one after the other).
+    #[arg(long = "bucket", value_name = "NAME", required = true)]
+    pub buckets: Vec<String>,
+    /// Only objects whose key starts with this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// HeadObject requests in flight at once (when the listing itself carries
+    /// no metadata, as only MinIO's does).
+    #[arg(long, env = "LISTING_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Rows written per transaction at most.
+    #[arg(long, env = "LISTING_BATCH_ROWS", default_value_t = 500)]
+    pub batch_rows: usize,
+    /// Start over instead of resuming where an interrupted run of the same
+    /// command, bucket and prefix stopped.
+    #[arg(long)]
+    pub restart: bool,
+    /// How long one S3 request keeps being retried after throttling or a
+    /// connection error before the listing stops (and exits non-zero).
+    #[arg(long, env = "S3_RETRY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub s3_retry_timeout: Duration,
+    /// Progress on stderr: a live bar on a terminal, a line every 10 s otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: Progress,
+    /// Format of the summary printed on stdout at the end.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    /// One JSON object per bucket.
+    Json,
+}
+
+impl ListingConfig {
+    /// Cross-field checks that clap cannot express.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.concurrency == 0 {
+            return Err(Error::Config(
+                "--concurrency (LISTING_CONCURRENCY) must be at least 1".into(),
+            ));
+        }
+        if self.batch_rows == 0 {
+            return Err(Error::Config(
+                "--batch-rows (LISTING_BATCH_ROWS) must be at least 1".into(),
+            ));
+        }
+        if self.buckets.iter().any(String::is_empty) {
+            return Err(Error::Config("--bucket must not be empty".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Everything `objmeta run` needs.
@@ -76,6 +146,29 @@ pub struct RunConfig {
     /// At shutdown, how long to keep trying to write what was consumed.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// S3 connection, for the periodic reconcile.
+    #[command(flatten)]
+    pub s3: S3Config,
+    /// Buckets to reconcile periodically (see --reconcile-every); repeat the flag,
+    /// or separate them with `,` in the environment.
+    #[arg(
+        long = "reconcile-bucket",
+        env = "RECONCILE_BUCKETS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub reconcile_buckets: Vec<String>,
+    /// How often to reconcile those buckets (e.g. `6h`): by one replica at a
+    /// time (an advisory lock), beside consumption and never blocking it.
+    #[arg(long, env = "RECONCILE_EVERY", value_parser = humantime::parse_duration)]
+    pub reconcile_every: Option<Duration>,
+    /// Only reconcile objects whose key starts with this prefix.
+    #[arg(long, env = "RECONCILE_PREFIX", default_value = "")]
+    pub reconcile_prefix: String,
+    /// HeadObject requests in flight during a periodic reconcile (low: it
+    /// shares the replica with consumption).
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 8)]
+    pub reconcile_concurrency: usize,
 }
 
 /// Kafka connection and consumer-group settings.
@@ -270,6 +363,25 @@ impl RunConfig {
                 "--retry-max-backoff (RETRY_MAX_BACKOFF) must be shorter than \
                  --health-stall-timeout (HEALTH_STALL_TIMEOUT): a member that is retrying is alive"
                     .into(),
+            ));
+        }
+        if self.reconcile_every.is_some() == self.reconcile_buckets.is_empty() {
+            return Err(Error::Config(
+                "--reconcile-every (RECONCILE_EVERY) and --reconcile-bucket (RECONCILE_BUCKETS) \
+                 go together: give both or neither"
+                    .into(),
+            ));
+        }
+        if self.reconcile_every.is_some_and(|every| every.is_zero())
+            || self.reconcile_concurrency == 0
+        {
+            return Err(Error::Config(
+                "--reconcile-every and --reconcile-concurrency must be above zero".into(),
+            ));
+        }
+        if self.reconcile_every.is_some() && self.s3.s3_endpoint.is_none() {
+            return Err(Error::Config(
+                "--reconcile-every needs the S3 server: set --s3-endpoint (S3_ENDPOINT)".into(),
             ));
         }
         if self.database.database_pool_size <= self.write_concurrency {

@@ -86,6 +86,10 @@ pub enum SinkError {
     },
     #[error("invalid DATABASE_URL: {0}")]
     Url(String),
+    /// The database answered in a way this version does not understand (a
+    /// schema changed by a newer objmeta, or by hand).
+    #[error("unexpected schema: {0}")]
+    Schema(String),
     /// Shutdown abandoned the write while it ran (nothing of it committed).
     #[error("write abandoned at shutdown")]
     Abandoned,
@@ -138,6 +142,7 @@ impl SinkError {
             SinkError::Postgres { source, .. } => classify_postgres(source),
             SinkError::Pool { disposition, .. } => *disposition,
             SinkError::Url(_)
+            | SinkError::Schema(_)
             | SinkError::Migration { .. }
             | SinkError::DeadLetterRefused { .. }
             | SinkError::Abandoned => Disposition::Fatal,
@@ -176,6 +181,7 @@ impl SinkError {
                 Disposition::Fatal => "fatal",
             },
             SinkError::Url(_)
+            | SinkError::Schema(_)
             | SinkError::Migration { .. }
             | SinkError::DeadLetterRefused { .. } => "fatal",
             SinkError::Abandoned => "abandoned",

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod kafka;
+pub mod listing;
 pub mod metrics;
 pub mod migrate;
 pub mod offsets;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseConfig, RunConfig, Schema};
+use crate::config::{DatabaseConfig, ListingConfig, RunConfig, Schema};
 use crate::error::{Disposition, Error, SinkError};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -84,6 +85,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             READINESS_INTERVAL,
             services.clone(),
         ));
+        let reconciler = start_reconciler(&config, &metrics, &services)?;
         let prefetch_kib = budget::Budget::prefetch_kib(config.memory_budget);
         let (consumer, rebalances) =
             kafka::subscribe(&config.kafka, prefetch_kib, metrics.clone())?;
@@ -97,14 +99,115 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             write_lanes: config.write_concurrency,
             memory_budget: config.memory_budget,
         };
-        Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
+        let consumed = Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
             .run(shutdown.clone())
-            .await
+            .await;
+        if let Some(reconciler) = reconciler {
+            // Stopped by `services`: it writes what it read, then returns.
+            services.cancel();
+            let _ = tokio::time::timeout(RECONCILER_STOP, reconciler).await;
+        }
+        consumed
     }
     .await;
     services.cancel();
     let _ = http.await;
     result
+}
+
+/// Runs `objmeta backfill` or `objmeta reconcile` over every bucket of
+/// `config`, one after the other; returns what each listing did (a listing
+/// that failed says why in its summary). Applies the migrations first, so
+/// that a backfill can fill a database objmeta never ran on.
+pub async fn read_buckets(
+    kind: listing::Kind,
+    config: &ListingConfig,
+    shutdown: CancellationToken,
+) -> Result<Vec<listing::Summary>, Error> {
+    config.validate()?;
+    let s3 = s3_client(&config.s3)?;
+    migrate(&config.database).await?;
+    let store = listing::store::Store::new(sink::connect(&config.database)?);
+    let targets: Vec<listing::Target> = config
+        .buckets
+        .iter()
+        .map(|bucket| listing::Target {
+            bucket: bucket.clone(),
+            prefix: config.prefix.clone(),
+            kind,
+        })
+        .collect();
+    let settings = listing::Settings {
+        concurrency: config.concurrency,
+        batch_rows: config.batch_rows,
+        restart: config.restart,
+        retry_timeout: config.s3_retry_timeout,
+    };
+    Ok(listing::run(
+        &s3,
+        &store,
+        &targets,
+        &settings,
+        &config.progress,
+        &shutdown,
+    )
+    .await)
+}
+
+/// The S3 client of the commands that read buckets; its settings' errors
+/// are configuration errors like any other.
+fn s3_client(config: &s3::S3Config) -> Result<s3::S3, Error> {
+    s3::S3::new(config).map_err(|e| match e {
+        s3::S3Error::Config(message) => Error::Config(message),
+        other => Error::Config(other.to_string()),
+    })
+}
+
+/// How long shutdown waits for a periodic reconcile to write what it read.
+const RECONCILER_STOP: Duration = Duration::from_secs(10);
+
+/// Starts the periodic reconcile when configured, on a pool of its own (two
+/// connections: one for its writes, one held for its lock).
+fn start_reconciler(
+    config: &RunConfig,
+    metrics: &Metrics,
+    services: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let Some(every) = config.reconcile_every else {
+        return Ok(None);
+    };
+    let s3 = s3_client(&config.s3)?;
+    let database = DatabaseConfig {
+        database_pool_size: 2,
+        ..config.database.clone()
+    };
+    let store = listing::store::Store::new(sink::connect(&database)?);
+    let schedule = listing::schedule::Schedule {
+        targets: config
+            .reconcile_buckets
+            .iter()
+            .map(|bucket| listing::Target {
+                bucket: bucket.clone(),
+                prefix: config.reconcile_prefix.clone(),
+                kind: listing::Kind::Reconcile,
+            })
+            .collect(),
+        every,
+        settings: listing::Settings {
+            concurrency: config.reconcile_concurrency,
+            batch_rows: 500,
+            restart: false,
+            retry_timeout: Duration::from_secs(60),
+        },
+    };
+    tracing::info!(buckets = ?config.reconcile_buckets, every = ?every, "periodic reconcile on");
+    Ok(Some(tokio::spawn(listing::schedule::run(
+        schedule,
+        s3,
+        store,
+        metrics.clone(),
+        services.clone(),
+    ))))
 }
 
 /// Applies the migrations and returns how many were applied.

@@ -8,7 +8,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use objmeta::config::{Cli, Command, LogFormat};
+use objmeta::config::{Cli, Command, ListingConfig, LogFormat, OutputFormat};
+use objmeta::listing::{Kind, Summary};
 
 /// How long the exit waits for background work still running (a Kafka
 /// client that stopped answering must not keep the process alive).
@@ -73,7 +74,65 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             .map(|applied| tracing::info!(applied, "migrations done"))
             .map_err(anyhow::Error::from),
         Command::Produce(args) => objmeta::produce::run(*args).await.map(|_| ()),
+        Command::Backfill(config) => read_buckets(Kind::Backfill, &config).await,
+        Command::Reconcile(config) => read_buckets(Kind::Reconcile, &config).await,
     }
+}
+
+/// Backfill or reconcile; prints the summaries, and fails unless every
+/// listing completed without errors.
+async fn read_buckets(kind: Kind, config: &ListingConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let summaries = objmeta::read_buckets(kind, config, shutdown.clone()).await?;
+    for summary in &summaries {
+        match config.output {
+            OutputFormat::Json => println!("{}", serde_json::to_string(summary)?),
+            OutputFormat::Text => println!("{}", describe(summary)),
+        }
+    }
+    let failed = summaries.iter().filter(|s| !s.succeeded()).count();
+    if shutdown.is_cancelled() {
+        anyhow::bail!(
+            "interrupted: what was read is written; run the same command again to resume"
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} listings did not complete without errors",
+            summaries.len()
+        );
+    }
+    Ok(())
+}
+
+fn describe(s: &Summary) -> String {
+    let mut line = format!(
+        "{} {}/{}{}: listed {}, inserted {}, updated {}, unchanged {}, skipped {}, unsettled {} \
+         (rereads {}), gone {}, removed {}, errors {}, retries {} in {:.1}s",
+        s.kind,
+        s.bucket,
+        s.prefix,
+        if s.resumed { " (resumed)" } else { "" },
+        s.listed,
+        s.inserted,
+        s.updated,
+        s.unchanged,
+        s.skipped,
+        s.unsettled,
+        s.rereads,
+        s.gone,
+        s.removed,
+        s.errors,
+        s.retries,
+        s.seconds
+    );
+    if let Some(reason) = &s.stopped {
+        line.push_str(&format!("; stopped: {reason}"));
+    } else if !s.complete {
+        line.push_str("; not complete");
+    }
+    line
 }
 
 fn init_tracing(format: LogFormat) {

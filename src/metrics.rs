@@ -5,8 +5,8 @@
 //! family, outcome, reason code, partition), never an object key.
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[cfg(target_os = "linux")]
@@ -45,6 +45,8 @@ pub const DATABASE_ERROR_KINDS: [&str; 7] = [
 ];
 /// `kind` values of `objmeta_rebalances_total`.
 pub const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "lost"];
+/// `result` values of `objmeta_reconcile_runs_total`.
+pub const RECONCILE_RESULTS: [&str; 3] = ["ok", "failed", "elsewhere"];
 
 /// Handles to all metrics; cheap to clone (each handle is an `Arc`).
 #[derive(Clone)]
@@ -92,6 +94,20 @@ pub struct Metrics {
     pub last_event_timestamp: Gauge,
     /// Delay from an event's time (at MinIO) to the commit of its row.
     pub event_delay: Histogram,
+    /// Periodic reconciles this member was due to run, by result (`ok`,
+    /// `failed`, `elsewhere`: another replica held the reconcile lock).
+    pub reconcile_runs: IntCounterVec,
+    /// The drift the last finished reconcile of a bucket found (from
+    /// `reconcile_runs`, whoever ran it), by kind: missing, stale, removed.
+    pub reconcile_drift: IntGaugeVec,
+    /// Objects the last finished reconcile of a bucket listed.
+    pub reconcile_listed: IntGaugeVec,
+    /// Objects the last finished reconcile of a bucket could not read.
+    pub reconcile_errors: IntGaugeVec,
+    /// When the last reconcile of a bucket finished, Unix seconds.
+    pub reconcile_finished: GaugeVec,
+    /// How long the last reconcile of a bucket took.
+    pub reconcile_duration: GaugeVec,
 }
 
 impl Metrics {
@@ -191,6 +207,46 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.005, 2.0, 18)?),
             )?,
+            reconcile_runs: counter_vec(
+                "objmeta_reconcile_runs_total",
+                "Periodic reconciles this member was due to run, by result (elsewhere: another replica held the lock)",
+                &["result"],
+            )?,
+            reconcile_drift: IntGaugeVec::new(
+                Opts::new(
+                    "objmeta_reconcile_drift_objects",
+                    "Drift the last finished reconcile of a bucket and prefix found, by kind (missing, stale, removed)",
+                ),
+                &["bucket", "prefix", "kind"],
+            )?,
+            reconcile_listed: IntGaugeVec::new(
+                Opts::new(
+                    "objmeta_reconcile_listed_objects",
+                    "Objects the last finished reconcile of a bucket and prefix listed",
+                ),
+                &["bucket", "prefix"],
+            )?,
+            reconcile_errors: IntGaugeVec::new(
+                Opts::new(
+                    "objmeta_reconcile_errors",
+                    "Objects the last finished reconcile of a bucket and prefix could not read",
+                ),
+                &["bucket", "prefix"],
+            )?,
+            reconcile_finished: GaugeVec::new(
+                Opts::new(
+                    "objmeta_reconcile_last_finished_timestamp_seconds",
+                    "When the last reconcile of a bucket and prefix finished, Unix seconds",
+                ),
+                &["bucket", "prefix"],
+            )?,
+            reconcile_duration: GaugeVec::new(
+                Opts::new(
+                    "objmeta_reconcile_last_duration_seconds",
+                    "How long the last finished reconcile of a bucket and prefix took",
+                ),
+                &["bucket", "prefix"],
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -218,6 +274,9 @@ impl Metrics {
         }
         for kind in REBALANCE_KINDS {
             self.rebalances.with_label_values(&[kind]);
+        }
+        for result in RECONCILE_RESULTS {
+            self.reconcile_runs.with_label_values(&[result]);
         }
     }
 
@@ -249,6 +308,12 @@ impl Metrics {
             Box::new(self.consumer_lag.clone()),
             Box::new(self.last_event_timestamp.clone()),
             Box::new(self.event_delay.clone()),
+            Box::new(self.reconcile_runs.clone()),
+            Box::new(self.reconcile_drift.clone()),
+            Box::new(self.reconcile_listed.clone()),
+            Box::new(self.reconcile_errors.clone()),
+            Box::new(self.reconcile_finished.clone()),
+            Box::new(self.reconcile_duration.clone()),
         ];
         for collector in collectors {
             self.registry.register(collector)?;

@@ -30,6 +30,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0003_dead_letter_records.sql",
         sql: include_str!("../sql/0003_dead_letter_records.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_reads_of_the_bucket.sql",
+        sql: include_str!("../sql/0004_reads_of_the_bucket.sql"),
+    },
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

@@ -21,15 +21,48 @@ use crate::http::Attempt;
 use crate::split::{halves, Plan, Step};
 use crate::tls::TlsSettings;
 
-/// Upserts a batch of object rows (one per object, reduced by batch.rs).
-/// Each row merges into the stored one by the ordering rules: the current
-/// state is replaced only by a strictly newer one (`objmeta_supersedes`,
-/// sql/0002), and the version deletes are merged per version and pruned
-/// against the merged current state. A row whose merge changes nothing is
-/// not updated at all (no new row version, no index churn), which is what
-/// makes redelivered events cheap.
-/// Returns how many rows became, or stayed, live and how many not.
-pub const UPSERT_SQL: &str = r#"
+/// The merge of an incoming row (`excluded`) into the stored one (`t`),
+/// shared by every statement that writes object rows (events here, reads of
+/// the bucket in `listing::store`), so that one rule orders them all: the
+/// current state is replaced only by one that supersedes it
+/// (`objmeta_supersedes`, sql/0004), and the version deletes are merged per
+/// version and pruned against the merged current state. A row whose merge
+/// changes nothing is not updated at all (no new row version, no index
+/// churn).
+macro_rules! merge_into_stored {
+    () => {
+        r#"
+    ON CONFLICT (bucket, key) DO UPDATE SET
+        version_id = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.version_id ELSE t.version_id END,
+        size = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.size ELSE t.size END,
+        etag = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.etag ELSE t.etag END,
+        content_type = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.content_type ELSE t.content_type END,
+        user_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.user_metadata ELSE t.user_metadata END,
+        system_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.system_metadata ELSE t.system_metadata END,
+        event_name = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_name ELSE t.event_name END,
+        event_time = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_time ELSE t.event_time END,
+        sequencer = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.sequencer ELSE t.sequencer END,
+        deleted_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.deleted_at ELSE t.deleted_at END,
+        kafka_partition = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_partition ELSE t.kafka_partition END,
+        kafka_offset = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_offset ELSE t.kafka_offset END,
+        read_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.read_at ELSE t.read_at END,
+        deleted_versions = CASE
+            WHEN excluded.deleted_versions = '{}' AND t.deleted_versions = '{}' THEN t.deleted_versions
+            ELSE objmeta_merged_deleted_versions(excluded, t) END,
+        updated_at = excluded.updated_at
+    WHERE objmeta_supersedes(excluded, t)
+       OR (excluded.deleted_versions <> '{}'
+           AND objmeta_merged_deleted_versions(excluded, t) <> t.deleted_versions)"#
+    };
+}
+pub(crate) use merge_into_stored;
+
+/// Upserts a batch of object rows (one per object, reduced by batch.rs),
+/// each merged into the stored one by [`merge_into_stored`]; that a merge
+/// which changes nothing writes nothing is what makes redelivered events
+/// cheap. Returns how many rows became, or stayed, live and how many not.
+pub const UPSERT_SQL: &str = concat!(
+    r#"
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
@@ -46,31 +79,14 @@ WITH incoming AS (
     SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
            i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at,
            i.kafka_partition, i.kafka_offset, i.deleted_versions::jsonb, now()
-    FROM incoming i
-    ON CONFLICT (bucket, key) DO UPDATE SET
-        version_id = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.version_id ELSE t.version_id END,
-        size = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.size ELSE t.size END,
-        etag = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.etag ELSE t.etag END,
-        content_type = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.content_type ELSE t.content_type END,
-        user_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.user_metadata ELSE t.user_metadata END,
-        system_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.system_metadata ELSE t.system_metadata END,
-        event_name = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_name ELSE t.event_name END,
-        event_time = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_time ELSE t.event_time END,
-        sequencer = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.sequencer ELSE t.sequencer END,
-        deleted_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.deleted_at ELSE t.deleted_at END,
-        kafka_partition = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_partition ELSE t.kafka_partition END,
-        kafka_offset = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_offset ELSE t.kafka_offset END,
-        deleted_versions = CASE
-            WHEN excluded.deleted_versions = '{}' AND t.deleted_versions = '{}' THEN t.deleted_versions
-            ELSE objmeta_merged_deleted_versions(excluded, t) END,
-        updated_at = excluded.updated_at
-    WHERE objmeta_supersedes(excluded, t)
-       OR (excluded.deleted_versions <> '{}'
-           AND objmeta_merged_deleted_versions(excluded, t) <> t.deleted_versions)
+    FROM incoming i"#,
+    merge_into_stored!(),
+    r#"
     RETURNING live
 )
 SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
-"#;
+"#
+);
 
 /// The metadata of a tombstone.
 const EMPTY_OBJECT: &str = "{}";

@@ -1,7 +1,7 @@
 //! The documentation cannot drift from the code:
 //! - `docs/configuration.md` names every long flag and every environment
-//!   variable that `objmeta --help`, `run --help`, `migrate --help` and
-//!   `produce --help` show, each subcommand's in its own section;
+//!   variable that `objmeta --help` and each subcommand's `--help` show,
+//!   each subcommand's in its own section;
 //! - every relative link in `README.md` and `docs/*.md` points at a file that
 //!   exists and, when it has an anchor into a Markdown file, at a heading of
 //!   that file.
@@ -110,7 +110,14 @@ fn the_configuration_reference_names_every_flag_and_variable() {
     );
     let mut missing = Vec::new();
     let mut seen = 0;
-    for subcommand in [None, Some("run"), Some("migrate"), Some("produce")] {
+    for subcommand in [
+        None,
+        Some("run"),
+        Some("migrate"),
+        Some("produce"),
+        Some("backfill"),
+        Some("reconcile"),
+    ] {
         let help = help(subcommand);
         let label = format!(
             "objmeta {}--help",

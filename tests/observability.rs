@@ -588,7 +588,33 @@ async fn prometheus_scrapes_objmeta_under_load_and_every_panel_and_rule_evaluate
     promtool(&["test", "rules", "deploy/prometheus/alerts_test.yml"]);
 
     let bed = Arc::new(TestBed::new("observability", 3).await);
-    let objmeta = bed.start(&[]);
+    // A reconcile of bucket "photos" that finished just now, as `objmeta reconcile` records
+    // it: the periodic reconcile exports it (the Reconcile row's data) and, since it is not
+    // due for an hour, never contacts the S3 endpoint (nothing listens there).
+    objmeta::migrate(&bed.run_config(0, &[]).database)
+        .await
+        .expect("migrations");
+    bed.db()
+        .await
+        .execute(
+            "INSERT INTO reconcile_runs (bucket, prefix, started_at, listed, missing, stale, removed, errors)
+             VALUES ('photos', '', now() - interval '20 seconds', 1200, 3, 2, 1, 0)",
+            &[],
+        )
+        .await
+        .expect("record a reconcile");
+    let objmeta = bed.start(&[
+        "--reconcile-every",
+        "1h",
+        "--reconcile-bucket",
+        "photos",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--s3-access-key",
+        "unused",
+        "--s3-secret-key",
+        "unused",
+    ]);
     let prometheus = Prometheus::start(objmeta.http_port);
     wait_until(Duration::from_secs(30), "Prometheus ready", || async {
         prometheus.get("/api/v1/status/buildinfo").await.map(|_| ())
@@ -609,6 +635,7 @@ async fn prometheus_scrapes_objmeta_under_load_and_every_panel_and_rule_evaluate
         "rate(objmeta_event_delay_seconds_count[15s]) > 0",
         "rate(objmeta_flush_duration_seconds_count[15s]) > 0",
         "objmeta_committed_offset",
+        "objmeta_reconcile_drift_objects",
     ];
     wait_until(
         Duration::from_secs(60),

@@ -10,9 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
@@ -54,29 +52,6 @@ fn config(endpoint: &str, access_key: &str, secret_key: &str, extra: &[&str]) ->
 fn versitygw(extra: &[&str]) -> S3 {
     let s3 = common::s3();
     S3::new(&config(&s3.endpoint, &s3.access_key, &s3.secret_key, extra)).expect("S3 client")
-}
-
-/// A plain SDK client on versitygw, to set up buckets and objects.
-fn admin() -> aws_sdk_s3::Client {
-    let s3 = common::s3();
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .endpoint_url(&s3.endpoint)
-        .region(Region::new(s3.region.clone()))
-        .credentials_provider(Credentials::new(
-            &s3.access_key,
-            &s3.secret_key,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .http_client(http)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// A new, empty bucket of this test's own.
@@ -153,7 +128,7 @@ const ODD_KEYS: [&str; 10] = [
 
 #[tokio::test]
 async fn listing_pages_through_odd_keys_in_key_order() {
-    let admin = admin();
+    let admin = common::bucket::admin();
     let bucket = bucket(&admin, "list").await;
     for key in ODD_KEYS {
         put(&admin, &bucket, key, &[("Id", "1")]).await;
@@ -185,7 +160,7 @@ async fn listing_pages_through_odd_keys_in_key_order() {
 
 #[tokio::test]
 async fn more_than_a_thousand_keys_take_two_pages() {
-    let admin = admin();
+    let admin = common::bucket::admin();
     let bucket = bucket(&admin, "many").await;
     let keys_put: Vec<String> = (0..1001).map(|i| format!("k/{i:04}")).collect();
     futures::stream::iter(&keys_put)
@@ -199,7 +174,7 @@ async fn more_than_a_thousand_keys_take_two_pages() {
 
 #[tokio::test]
 async fn head_reads_what_a_minio_event_of_the_object_says() {
-    let admin = admin();
+    let admin = common::bucket::admin();
     let bucket = bucket(&admin, "head").await;
     let key = "meta/ü x+y%.txt";
     let metadata = [("Id", "1843"), ("Mixed-Case", "V")];
@@ -245,7 +220,7 @@ async fn head_reads_what_a_minio_event_of_the_object_says() {
 
 #[tokio::test]
 async fn refusals_name_the_bucket_and_what_to_fix() {
-    let admin = admin();
+    let admin = common::bucket::admin();
     let bucket = bucket(&admin, "errors").await;
     put(&admin, &bucket, "k", &[]).await;
     let missing = format!("{bucket}-gone");

@@ -4,6 +4,8 @@
 //! and waits with timeouts.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod bucket;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;

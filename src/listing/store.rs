@@ -1,0 +1,555 @@
+//! The PostgreSQL side of a listing: its checkpoint, the rows its reads
+//! produce (merged by the same rule as events, `sink::merge_into_stored`),
+//! the keys a reconcile found, its final sweep and its recorded drift.
+//!
+//! Every write of rows also moves the checkpoint, in the same transaction:
+//! a checkpoint never covers a row that is not committed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Pool};
+use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
+
+use crate::error::SinkError;
+use crate::s3::ObjectRead;
+use crate::sink::merge_into_stored;
+
+use super::{Kind, Target};
+
+/// Writes read rows and reports, per row, what the read did (sql/0004,
+/// `objmeta_read_outcome`). The stored row the outcome is judged against is
+/// the statement's snapshot; the merge itself (`ON CONFLICT`) sees the
+/// latest committed row, so a concurrent consumer write can only make an
+/// outcome stale, never the row wrong.
+const WRITE_READS_SQL: &str = concat!(
+    r#"
+WITH incoming AS (
+    SELECT jsonb_populate_record(NULL::object_metadata, to_jsonb(v)) AS r
+    FROM (
+        SELECT u.bucket, u.key, u.version_id, u.size, u.etag, u.content_type,
+               u.user_metadata::jsonb AS user_metadata,
+               u.system_metadata::jsonb AS system_metadata,
+               u.event_name, u.event_time, u.sequencer, u.read_at
+        FROM unnest(
+            $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
+            $12::timestamptz[]
+        ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
+               system_metadata, event_name, event_time, sequencer, read_at)
+    ) AS v
+), written AS (
+    INSERT INTO object_metadata AS t (
+        bucket, key, version_id, size, etag, content_type, user_metadata,
+        system_metadata, event_name, event_time, sequencer, read_at, updated_at)
+    SELECT (i.r).bucket, (i.r).key, (i.r).version_id, (i.r).size, (i.r).etag,
+           (i.r).content_type, (i.r).user_metadata, (i.r).system_metadata,
+           (i.r).event_name, (i.r).event_time, (i.r).sequencer, (i.r).read_at, now()
+    FROM incoming i"#,
+    merge_into_stored!(),
+    r#"
+    RETURNING t.key
+)
+SELECT (i.r).key,
+       CASE WHEN w.key IS NOT NULL THEN CASE WHEN p.live THEN 'updated' ELSE 'inserted' END
+            ELSE objmeta_read_outcome(i.r, p) END
+FROM incoming i
+LEFT JOIN object_metadata p ON p.bucket = (i.r).bucket AND p.key = (i.r).key
+LEFT JOIN written w ON w.key = (i.r).key
+"#
+);
+
+/// Removes from the current view, a chunk at a time, the live rows of the
+/// bucket and prefix that were written before the listing started and
+/// whose object the listing did not find. The tombstone is a read of
+/// "absent" at the listing's start: an older event arriving later loses to
+/// it, a newer one wins (sql/0004). `FOR UPDATE` makes a row a consumer
+/// rewrites meanwhile be judged again on its new version (then written
+/// after the start: kept).
+const SWEEP_SQL: &str = r#"
+WITH doomed AS (
+    SELECT t.bucket, t.key FROM object_metadata t
+    WHERE t.bucket = $1 AND starts_with(t.key, $2) AND t.live AND t.updated_at < $3
+      AND NOT EXISTS (
+          SELECT 1 FROM bucket_listing_keys k
+          WHERE k.bucket = $1 AND k.prefix = $2 AND k.kind = 'reconcile' AND k.key = t.key)
+    ORDER BY t.key
+    LIMIT $4
+    FOR UPDATE OF t
+), gone AS (
+    UPDATE object_metadata t SET
+        version_id = NULL, size = NULL, etag = NULL, content_type = NULL,
+        user_metadata = '{}', system_metadata = '{}', event_name = 'objmeta:Reconcile',
+        event_time = $3, sequencer = objmeta_ns($3), deleted_at = now(),
+        kafka_partition = NULL, kafka_offset = NULL, deleted_versions = '{}',
+        read_at = $3, updated_at = now()
+    FROM doomed d
+    WHERE t.bucket = d.bucket AND t.key = d.key
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"#;
+
+/// Rows a sweep statement removes at most, so that each stays well within
+/// the statement timeout however many objects went away.
+const SWEEP_CHUNK: i64 = 5000;
+
+/// What a read did to the table (see `objmeta_read_outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Inserted,
+    Updated,
+    Unchanged,
+    /// Cannot be told from the stored event yet: read the object again.
+    Unsettled,
+    Skipped,
+}
+
+impl Outcome {
+    fn parse(text: &str) -> Result<Outcome, SinkError> {
+        Ok(match text {
+            "inserted" => Outcome::Inserted,
+            "updated" => Outcome::Updated,
+            "unchanged" => Outcome::Unchanged,
+            "unsettled" => Outcome::Unsettled,
+            "skipped" => Outcome::Skipped,
+            other => {
+                return Err(SinkError::Schema(format!(
+                    "objmeta_read_outcome returned {other:?}: the schema is newer than this objmeta"
+                )))
+            }
+        })
+    }
+}
+
+/// One object as a read found it.
+#[derive(Clone, Debug)]
+pub struct ReadRow {
+    pub key: String,
+    pub read: ObjectRead,
+    /// When the read started, on the database's clock (a lower bound).
+    pub read_at: OffsetDateTime,
+}
+
+/// Where a listing stands when it starts.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// When it first started (database clock); kept when it resumes.
+    pub started_at: OffsetDateTime,
+    /// Last key whose row (and all before it) is written.
+    pub position: Option<String>,
+    pub resumed: bool,
+}
+
+/// The drift a finished reconcile records.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Drift {
+    pub listed: u64,
+    pub missing: u64,
+    pub stale: u64,
+    pub removed: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Self {
+        Store { pool }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, SinkError> {
+        self.pool
+            .get()
+            .await
+            .map_err(SinkError::pool("getting a connection"))
+    }
+
+    /// The database's clock now.
+    pub async fn now(&self) -> Result<OffsetDateTime, SinkError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT clock_timestamp()", &[])
+            .await
+            .map_err(SinkError::postgres("reading the database clock"))?;
+        Ok(row.get(0))
+    }
+
+    /// Resumes the listing of `target`, or starts it (after forgetting any
+    /// earlier one when `restart`).
+    pub async fn begin(&self, target: &Target, restart: bool) -> Result<Checkpoint, SinkError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(SinkError::postgres("begin"))?;
+        let kind = target.kind.label();
+        let key: [&(dyn ToSql + Sync); 3] = [&target.bucket, &target.prefix, &kind];
+        if restart {
+            tx.execute(
+                "DELETE FROM bucket_listings WHERE bucket = $1 AND prefix = $2 AND kind = $3",
+                &key,
+            )
+            .await
+            .map_err(SinkError::postgres("forgetting a listing"))?;
+        }
+        let existing = tx
+            .query_opt(
+                "SELECT started_at, position FROM bucket_listings
+                 WHERE bucket = $1 AND prefix = $2 AND kind = $3 FOR UPDATE",
+                &key,
+            )
+            .await
+            .map_err(SinkError::postgres("reading a listing checkpoint"))?;
+        let checkpoint = match existing {
+            Some(row) => Checkpoint {
+                started_at: row.get(0),
+                position: row.get(1),
+                resumed: true,
+            },
+            None => {
+                let row = tx
+                    .query_one(
+                        "INSERT INTO bucket_listings (bucket, prefix, kind) VALUES ($1, $2, $3)
+                         RETURNING started_at",
+                        &key,
+                    )
+                    .await
+                    .map_err(SinkError::postgres("starting a listing"))?;
+                Checkpoint {
+                    started_at: row.get(0),
+                    position: None,
+                    resumed: false,
+                }
+            }
+        };
+        tx.commit().await.map_err(SinkError::postgres("commit"))?;
+        Ok(checkpoint)
+    }
+
+    /// Writes `rows` and, for a reconcile, records `present` as found; then
+    /// moves the checkpoint to what `position` makes of the outcomes (it
+    /// may stay). One transaction: all of it or nothing.
+    pub async fn write(
+        &self,
+        target: &Target,
+        rows: &[ReadRow],
+        present: &[&str],
+        position: &(dyn Fn(&[Outcome]) -> Option<String> + Sync),
+    ) -> Result<Vec<Outcome>, SinkError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(SinkError::postgres("begin"))?;
+        let outcomes = write_reads(&tx, target, rows).await?;
+        if target.kind == Kind::Reconcile && !present.is_empty() {
+            tx.execute(
+                "INSERT INTO bucket_listing_keys (bucket, prefix, kind, key)
+                 SELECT $1, $2, 'reconcile', k FROM unnest($3::text[]) AS k
+                 ON CONFLICT DO NOTHING",
+                &[&target.bucket, &target.prefix, &present],
+            )
+            .await
+            .map_err(SinkError::postgres("recording listed keys"))?;
+        }
+        if let Some(key) = position(&outcomes) {
+            tx.execute(
+                "UPDATE bucket_listings SET position = $4, updated_at = now()
+                 WHERE bucket = $1 AND prefix = $2 AND kind = $3",
+                &[&target.bucket, &target.prefix, &target.kind.label(), &key],
+            )
+            .await
+            .map_err(SinkError::postgres("moving the listing checkpoint"))?;
+        }
+        tx.commit().await.map_err(SinkError::postgres("commit"))?;
+        Ok(outcomes)
+    }
+
+    /// Removes the rows of objects the finished listing did not find;
+    /// returns how many.
+    pub async fn sweep(
+        &self,
+        target: &Target,
+        started_at: OffsetDateTime,
+    ) -> Result<u64, SinkError> {
+        let client = self.client().await?;
+        let mut removed = 0;
+        loop {
+            let row = client
+                .query_one(
+                    SWEEP_SQL,
+                    &[&target.bucket, &target.prefix, &started_at, &SWEEP_CHUNK],
+                )
+                .await
+                .map_err(SinkError::postgres("removing rows of vanished objects"))?;
+            let count: i64 = row.get(0);
+            removed += u64::try_from(count).unwrap_or(0);
+            if count < SWEEP_CHUNK {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Ends the listing: records a reconcile's drift, forgets the checkpoint
+    /// and the listed keys.
+    pub async fn finish(
+        &self,
+        target: &Target,
+        started_at: OffsetDateTime,
+        drift: Option<Drift>,
+    ) -> Result<(), SinkError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(SinkError::postgres("begin"))?;
+        if let Some(d) = drift {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            tx.execute(
+                "INSERT INTO reconcile_runs
+                     (bucket, prefix, started_at, listed, missing, stale, removed, errors)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (bucket, prefix, started_at) DO UPDATE SET
+                     finished_at = now(), listed = excluded.listed, missing = excluded.missing,
+                     stale = excluded.stale, removed = excluded.removed, errors = excluded.errors",
+                &[
+                    &target.bucket,
+                    &target.prefix,
+                    &started_at,
+                    &n(d.listed),
+                    &n(d.missing),
+                    &n(d.stale),
+                    &n(d.removed),
+                    &n(d.errors),
+                ],
+            )
+            .await
+            .map_err(SinkError::postgres("recording the reconcile"))?;
+        }
+        tx.execute(
+            "DELETE FROM bucket_listings WHERE bucket = $1 AND prefix = $2 AND kind = $3",
+            &[&target.bucket, &target.prefix, &target.kind.label()],
+        )
+        .await
+        .map_err(SinkError::postgres("ending a listing"))?;
+        tx.commit().await.map_err(SinkError::postgres("commit"))
+    }
+}
+
+/// The last finished reconcile of one bucket and prefix.
+#[derive(Clone, Debug)]
+pub struct LastRun {
+    pub bucket: String,
+    pub prefix: String,
+    pub drift: Drift,
+    pub finished_at: OffsetDateTime,
+    pub seconds: f64,
+    /// Time since it finished, on the database's clock.
+    pub age: Duration,
+}
+
+/// A session-level advisory lock, held on a connection of its own (taken
+/// out of the pool, so that the pool can never recycle it while the lock is
+/// held); dropping it closes the connection, which releases the lock, also
+/// when this process dies.
+pub struct SessionLock {
+    client: deadpool_postgres::ClientWrapper,
+}
+
+impl SessionLock {
+    /// Whether the connection, and so the lock, is still there.
+    pub async fn held(&self) -> bool {
+        self.client.simple_query("SELECT 1").await.is_ok()
+    }
+}
+
+impl Store {
+    /// The last finished reconcile of each of `targets` that has one.
+    pub async fn last_runs(&self, targets: &[Target]) -> Result<Vec<LastRun>, SinkError> {
+        let buckets: Vec<&str> = targets.iter().map(|t| t.bucket.as_str()).collect();
+        let prefixes: Vec<&str> = targets.iter().map(|t| t.prefix.as_str()).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (r.bucket, r.prefix) r.bucket, r.prefix, r.listed, r.missing,
+                        r.stale, r.removed, r.errors, r.finished_at,
+                        extract(epoch FROM r.finished_at - r.started_at)::float8,
+                        greatest(extract(epoch FROM now() - r.finished_at), 0)::float8
+                 FROM reconcile_runs r
+                 JOIN unnest($1::text[], $2::text[]) AS t(bucket, prefix)
+                   ON t.bucket = r.bucket AND t.prefix = r.prefix
+                 ORDER BY r.bucket, r.prefix, r.finished_at DESC",
+                &[&buckets, &prefixes],
+            )
+            .await
+            .map_err(SinkError::postgres("reading the last reconciles"))?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|row| LastRun {
+                bucket: row.get(0),
+                prefix: row.get(1),
+                drift: Drift {
+                    listed: n(row.get(2)),
+                    missing: n(row.get(3)),
+                    stale: n(row.get(4)),
+                    removed: n(row.get(5)),
+                    errors: n(row.get(6)),
+                },
+                finished_at: row.get(7),
+                seconds: row.get(8),
+                age: Duration::from_secs_f64(row.get::<_, f64>(9)),
+            })
+            .collect())
+    }
+
+    /// Takes the advisory lock `key` if no other session holds it.
+    pub async fn try_lock(&self, key: i64) -> Result<Option<SessionLock>, SinkError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(SinkError::postgres("trying the reconcile lock"))?;
+        // Out of the pool either way: a connection that may hold a session
+        // lock must never be lent to anyone else.
+        let client = deadpool_postgres::Object::take(client);
+        Ok(row.get::<_, bool>(0).then_some(SessionLock { client }))
+    }
+}
+
+/// The upsert of read rows; outcomes in the order of `rows`.
+async fn write_reads(
+    client: &impl GenericClient,
+    target: &Target,
+    rows: &[ReadRow],
+) -> Result<Vec<Outcome>, SinkError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let columns = ReadColumns::new(target, rows);
+    let statement = client
+        .prepare_cached(WRITE_READS_SQL)
+        .await
+        .map_err(SinkError::postgres("prepare read upsert"))?;
+    let answers = client
+        .query(&statement, &columns.params())
+        .await
+        .map_err(SinkError::postgres("upsert read objects"))?;
+    let mut by_key: HashMap<String, Outcome> = HashMap::with_capacity(answers.len());
+    for row in answers {
+        let outcome = Outcome::parse(row.get(1))?;
+        by_key.insert(row.get(0), outcome);
+    }
+    rows.iter()
+        .map(|row| {
+            by_key.get(&row.key).copied().ok_or_else(|| {
+                SinkError::Schema(format!(
+                    "the read upsert returned no outcome for {:?}",
+                    row.key
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `WRITE_READS_SQL`'s parameters, borrowed from the rows.
+struct ReadColumns<'a> {
+    bucket: Vec<&'a str>,
+    key: Vec<&'a str>,
+    version_id: Vec<Option<&'a str>>,
+    size: Vec<Option<i64>>,
+    etag: Vec<Option<&'a str>>,
+    content_type: Vec<Option<&'a str>>,
+    user_metadata: Vec<&'a str>,
+    system_metadata: Vec<&'a str>,
+    event_name: Vec<&'static str>,
+    event_time: Vec<OffsetDateTime>,
+    sequencer: Vec<i64>,
+    read_at: Vec<OffsetDateTime>,
+}
+
+impl<'a> ReadColumns<'a> {
+    fn new(target: &'a Target, rows: &'a [ReadRow]) -> Self {
+        let event_name = target.kind.event_name();
+        ReadColumns {
+            bucket: rows.iter().map(|_| target.bucket.as_str()).collect(),
+            key: rows.iter().map(|r| r.key.as_str()).collect(),
+            version_id: rows.iter().map(|r| r.read.version_id.as_deref()).collect(),
+            size: rows.iter().map(|r| r.read.size).collect(),
+            etag: rows.iter().map(|r| r.read.etag.as_deref()).collect(),
+            content_type: rows
+                .iter()
+                .map(|r| r.read.content_type.as_deref())
+                .collect(),
+            user_metadata: rows
+                .iter()
+                .map(|r| r.read.user_metadata.as_json())
+                .collect(),
+            system_metadata: rows
+                .iter()
+                .map(|r| r.read.system_metadata.as_json())
+                .collect(),
+            event_name: rows.iter().map(|_| event_name).collect(),
+            event_time: rows.iter().map(|r| r.read.last_modified).collect(),
+            sequencer: rows
+                .iter()
+                .map(|r| whole_second_ns(r.read.last_modified))
+                .collect(),
+            read_at: rows.iter().map(|r| r.read_at).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.bucket,
+            &self.key,
+            &self.version_id,
+            &self.size,
+            &self.etag,
+            &self.content_type,
+            &self.user_metadata,
+            &self.system_metadata,
+            &self.event_name,
+            &self.event_time,
+            &self.sequencer,
+            &self.read_at,
+        ]
+    }
+}
+
+/// A read's sequencer: Last-Modified in whole seconds, as ns. A listing
+/// may give milliseconds (MinIO's does), HeadObject never does; one unit
+/// for every read keeps reads of one state equal.
+pub fn whole_second_ns(time: OffsetDateTime) -> i64 {
+    time.unix_timestamp().saturating_mul(1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn a_read_is_versioned_by_its_whole_second() {
+        assert_eq!(
+            whole_second_ns(datetime!(2026-01-15 10:00:00.987 UTC)),
+            whole_second_ns(datetime!(2026-01-15 10:00:00 UTC))
+        );
+        assert_eq!(whole_second_ns(OffsetDateTime::UNIX_EPOCH), 0);
+        assert_eq!(
+            whole_second_ns(datetime!(1970-01-01 00:00:01 UTC)),
+            1_000_000_000
+        );
+    }
+
+    #[test]
+    fn outcomes_parse_and_unknown_ones_are_refused() {
+        assert_eq!(Outcome::parse("unsettled").unwrap(), Outcome::Unsettled);
+        assert!(Outcome::parse("maybe").is_err());
+    }
+}

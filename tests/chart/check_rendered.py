@@ -286,6 +286,13 @@ def main():
         check(by_kind(full, kind), f"full.yaml: no {kind} rendered")
     for sts in by_kind(full, "StatefulSet"):
         check("ssl.ca.location" in kafka_properties(container_env(sts)), "full.yaml: no private Kafka CA (kafka.tls.caSecret)")
+        env = container_env(sts)
+        check(env.get("RECONCILE_BUCKETS", {}).get("value") == "photos,documents", "full.yaml: no periodic reconcile (reconcile.every)")
+        for var in ("S3_ACCESS_KEY", "S3_SECRET_KEY"):
+            check("secretKeyRef" in env.get(var, {}).get("valueFrom", {}), f"full.yaml: {var} not from a Secret")
+        mounts = {m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", [])}
+        ca_file = env.get("S3_CA_FILE", {}).get("value", "")
+        check(bool(ca_file) and os.path.dirname(ca_file) in mounts, "full.yaml: S3_CA_FILE is not in a mounted directory")
     check_default_image()
     for problem in problems:
         print(f"check_rendered: {problem}", file=sys.stderr)

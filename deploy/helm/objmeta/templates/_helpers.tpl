@@ -71,6 +71,10 @@ always ca.crt, whatever kafka.tls.caKey is (the volume maps that key to this fil
 /etc/objmeta/kafka-ca
 {{- end -}}
 
+{{- define "objmeta.s3CaDir" -}}
+/etc/objmeta/s3-ca
+{{- end -}}
+
 {{- define "objmeta.kafkaCaFile" -}}
 {{- printf "%s/ca.crt" (include "objmeta.kafkaCaDir" .) -}}
 {{- end -}}
@@ -134,6 +138,15 @@ every render (install, upgrade, template) checks them.
 {{- end -}}
 {{- if and .Values.kafka.partitions (not .Values.autoscaling.enabled) (gt (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): a replica beyond the partition count gets no partition" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
+{{- end -}}
+{{- if and .Values.reconcile.every (not .Values.reconcile.buckets) -}}
+{{- fail "reconcile.buckets is required with reconcile.every: the buckets to reconcile" -}}
+{{- end -}}
+{{- if and .Values.reconcile.buckets (not .Values.reconcile.every) -}}
+{{- fail "reconcile.buckets is set but reconcile.every is empty: set how often to reconcile them (e.g. 6h)" -}}
+{{- end -}}
+{{- if and .Values.reconcile.every (not (and .Values.s3.endpoint .Values.s3.existingSecret)) -}}
+{{- fail "s3.endpoint and s3.existingSecret (a Secret holding the S3 access and secret keys) are required with reconcile.every" -}}
 {{- end -}}
 {{- if .Values.autoscaling.enabled -}}
 {{- if not .Values.kafka.partitions -}}

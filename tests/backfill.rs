@@ -424,7 +424,7 @@ async fn wait_for_start_of_second() {
 async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_meanwhile() {
     let bed = TestBed::new("reconcile", 1).await;
     let bucket = Bucket::create("reconcile").await;
-    let keys = odd_keys(1500);
+    let keys = odd_keys(1000);
     let objects: Vec<(String, Vec<(String, String)>)> = keys
         .iter()
         .map(|k| (k.clone(), vec![("k".into(), k.clone())]))
@@ -539,7 +539,7 @@ async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_mean
 async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
     let bed = TestBed::new("backfill_resume", 1).await;
     let bucket = Bucket::create("resume").await;
-    let keys = odd_keys(3000);
+    let keys = odd_keys(1500);
     let objects: Vec<(String, Vec<(String, String)>)> = keys
         .iter()
         .map(|k| (k.clone(), vec![("n".into(), k.len().to_string())]))

@@ -188,7 +188,7 @@ async fn a_server_stopped_mid_backfill_gives_retries_then_a_clear_failure() {
         .expect("migrations");
     let mut server = PrivateS3::start(None);
     let bucket = Bucket::create_with("outage", admin_at(&server.endpoint(), None)).await;
-    bucket.fill(&objects(2000), 32).await;
+    bucket.fill(&objects(1200), 32).await;
     let truth = bucket_etags(&bucket).await;
 
     let config = config(
@@ -429,7 +429,7 @@ async fn periodic_reconcile_runs_on_one_replica_at_a_time_beside_consumption() {
     let bed = TestBed::new("reconcile_periodic", 2).await;
     let s3 = common::s3();
     let bucket = Bucket::create("periodic").await;
-    bucket.fill(&objects(1500), 32).await;
+    bucket.fill(&objects(600), 32).await;
     let extra = [
         "--reconcile-every",
         "2s",
@@ -497,7 +497,7 @@ async fn periodic_reconcile_runs_on_one_replica_at_a_time_beside_consumption() {
             TestBed::metric(replica.http_port, &listed).await
         })
         .await;
-        assert_eq!(value, 1500.0);
+        assert_eq!(value, 600.0);
     }
     // Each replica counts the reconciles it ran, just after recording them.
     let ok = r#"objmeta_reconcile_runs_total{result="ok"}"#;

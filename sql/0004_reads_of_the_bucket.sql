@@ -122,6 +122,7 @@ CREATE TABLE IF NOT EXISTS bucket_listings (
     kind       text        NOT NULL CHECK (kind IN ('backfill', 'reconcile')),
     started_at timestamptz NOT NULL DEFAULT now(),
     position   text,
+    tally      jsonb       NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (bucket, prefix, kind)
 );
@@ -130,16 +131,20 @@ COMMENT ON COLUMN bucket_listings.started_at IS
     'database clock when the listing first started; a resumed reconcile keeps it (rows written after it are never removed)';
 COMMENT ON COLUMN bucket_listings.position IS
     'last key (S3 order) of the contiguous written part of the listing; NULL: nothing written yet';
+COMMENT ON COLUMN bucket_listings.tally IS
+    'what became of the objects up to position (listed, inserted, updated, unchanged, skipped, unsettled, gone, errors)';
 
 -- The keys a reconcile in progress found in the bucket: what it must not
--- remove when it ends. Written with the rows; removed with the listing.
+-- remove when it ends. Written with the rows; forgotten a chunk at a time
+-- after the listing's row is gone (no cascade: one statement for millions
+-- of keys would outlast the statement timeout), or before a new listing of
+-- the same bucket and prefix starts.
 CREATE TABLE IF NOT EXISTS bucket_listing_keys (
     bucket text NOT NULL,
     prefix text NOT NULL,
     kind   text NOT NULL,
     key    text NOT NULL,
-    PRIMARY KEY (bucket, prefix, kind, key),
-    FOREIGN KEY (bucket, prefix, kind) REFERENCES bucket_listings ON DELETE CASCADE
+    PRIMARY KEY (bucket, prefix, kind, key)
 );
 
 -- The outcome of every finished reconcile: the drift it found.

@@ -90,6 +90,10 @@ pub enum SinkError {
     /// schema changed by a newer objmeta, or by hand).
     #[error("unexpected schema: {0}")]
     Schema(String),
+    /// Work that another process is doing already (a listing of the same
+    /// bucket and prefix).
+    #[error("{0}")]
+    Busy(String),
     /// Shutdown abandoned the write while it ran (nothing of it committed).
     #[error("write abandoned at shutdown")]
     Abandoned,
@@ -143,6 +147,7 @@ impl SinkError {
             SinkError::Pool { disposition, .. } => *disposition,
             SinkError::Url(_)
             | SinkError::Schema(_)
+            | SinkError::Busy(_)
             | SinkError::Migration { .. }
             | SinkError::DeadLetterRefused { .. }
             | SinkError::Abandoned => Disposition::Fatal,
@@ -182,6 +187,7 @@ impl SinkError {
             },
             SinkError::Url(_)
             | SinkError::Schema(_)
+            | SinkError::Busy(_)
             | SinkError::Migration { .. }
             | SinkError::DeadLetterRefused { .. } => "fatal",
             SinkError::Abandoned => "abandoned",

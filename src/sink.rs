@@ -26,9 +26,11 @@ use crate::tls::TlsSettings;
 /// the bucket in `listing::store`), so that one rule orders them all: the
 /// current state is replaced only by one that supersedes it
 /// (`objmeta_supersedes`, sql/0004), and the version deletes are merged per
-/// version and pruned against the merged current state. A row whose merge
-/// changes nothing is not updated at all (no new row version, no index
-/// churn).
+/// version and pruned against the merged current state. When an event
+/// replaces a read of the very same state, the row keeps `read_at`: the
+/// bucket was seen in that state then, which a redelivered older event must
+/// still lose to. A row whose merge changes nothing is not updated at all
+/// (no new row version, no index churn).
 macro_rules! merge_into_stored {
     () => {
         r#"
@@ -45,7 +47,9 @@ macro_rules! merge_into_stored {
         deleted_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.deleted_at ELSE t.deleted_at END,
         kafka_partition = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_partition ELSE t.kafka_partition END,
         kafka_offset = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_offset ELSE t.kafka_offset END,
-        read_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.read_at ELSE t.read_at END,
+        read_at = CASE WHEN NOT objmeta_supersedes(excluded, t) THEN t.read_at
+                       WHEN objmeta_same_state(excluded, t) THEN greatest(excluded.read_at, t.read_at)
+                       ELSE excluded.read_at END,
         deleted_versions = CASE
             WHEN excluded.deleted_versions = '{}' AND t.deleted_versions = '{}' THEN t.deleted_versions
             ELSE objmeta_merged_deleted_versions(excluded, t) END,

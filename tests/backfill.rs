@@ -199,15 +199,15 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
 
     let first = backfill(&bed, &bucket.name, &["--batch-rows", "300"]).await;
     assert!(first.succeeded(), "{first:?}");
-    assert_eq!(first.listed, keys.len() as u64);
-    assert_eq!(first.inserted, keys.len() as u64);
+    assert_eq!(first.tally.listed, keys.len() as u64);
+    assert_eq!(first.tally.inserted, keys.len() as u64);
     assert_eq!(
         (
-            first.updated,
-            first.unchanged,
-            first.skipped,
-            first.gone,
-            first.errors
+            first.tally.updated,
+            first.tally.unchanged,
+            first.tally.skipped,
+            first.tally.gone,
+            first.tally.errors
         ),
         (0, 0, 0, 0, 0)
     );
@@ -233,8 +233,11 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
     let again = backfill(&bed, &bucket.name, &[]).await;
     assert!(again.succeeded(), "{again:?}");
     assert!(!again.resumed, "a complete backfill leaves no checkpoint");
-    assert_eq!(again.unchanged, keys.len() as u64, "{again:?}");
-    assert_eq!(again.inserted + again.updated + again.skipped, 0);
+    assert_eq!(again.tally.unchanged, keys.len() as u64, "{again:?}");
+    assert_eq!(
+        again.tally.inserted + again.tally.updated + again.tally.skipped,
+        0
+    );
     let rewritten: Value = bed
         .db()
         .await
@@ -295,6 +298,27 @@ async fn reads_and_events_follow_the_version_scheme() {
     );
     consume(&bed, &mut sent, &[v1]).await;
 
+    // 4. A-B-A within one second, the last write not notified: put A (notified), delete
+    //    (notified), put A again (lost). The read of A wins over the delete, and a replay
+    //    of both events (the topic read again) must not undo it.
+    let aba = bucket.put("aba", b"A", &[("id", "a")]).await;
+    let aba_put = event(
+        &bucket.name,
+        "aba",
+        ns(aba.last_modified) + 166_000_000,
+        (&aba.etag, aba.size),
+        &[("X-Amz-Meta-Id", "a")],
+    );
+    let aba_delete = minio_message(
+        "s3:ObjectRemoved:Delete",
+        &bucket.name,
+        "aba",
+        u64::try_from(ns(aba.last_modified) + 330_000_000).unwrap(),
+        None,
+        &[],
+    );
+    consume(&bed, &mut sent, &[aba_put.clone(), aba_delete.clone()]).await;
+
     let first = backfill(&bed, &bucket.name, &[]).await;
     assert!(first.succeeded(), "{first:?}");
     let rows = table(&bed, &bucket.name).await;
@@ -304,9 +328,9 @@ async fn reads_and_events_follow_the_version_scheme() {
         "a newer event survives a read"
     );
     assert_eq!(rows["newer-event"].2, serde_json::json!({"id": "2"}));
-    assert_eq!(first.skipped, 1, "{first:?}");
+    assert_eq!(first.tally.skipped, 1, "{first:?}");
     assert_eq!(
-        first.unchanged, 1,
+        first.tally.unchanged, 1,
         "the read of the notified state changes nothing: {first:?}"
     );
     let kept = row(&bed, &bucket.name, "same-event-first").await.unwrap();
@@ -319,8 +343,22 @@ async fn reads_and_events_follow_the_version_scheme() {
         Some(v2.etag.as_str()),
         "the read of v2 wins the same second"
     );
-    assert_eq!(first.updated, 1, "{first:?}");
-    assert_eq!(first.inserted, 1, "{first:?}");
+    assert_eq!(first.tally.updated, 1, "{first:?}");
+    assert!(
+        table(&bed, &bucket.name).await.contains_key("aba"),
+        "the read of A beats the delete"
+    );
+    // One at a time: in one batch the put would be merged away before the write.
+    consume(&bed, &mut sent, &[aba_put]).await;
+    consume(&bed, &mut sent, &[aba_delete]).await;
+    assert!(
+        table(&bed, &bucket.name).await.contains_key("aba"),
+        "a replay of the put and the delete does not undo the read"
+    );
+    assert_eq!(
+        first.tally.inserted, 2,
+        "same-event-after, and A over the delete: {first:?}"
+    );
 
     // 2 (after): the event of the state the read saw, arriving later, changes no value.
     let before = table(&bed, &bucket.name).await["same-event-after"].clone();
@@ -352,7 +390,7 @@ async fn reads_and_events_follow_the_version_scheme() {
     let again = reconcile(&bed, &bucket.name, &[]).await;
     assert!(again.succeeded(), "{again:?}");
     assert_eq!(
-        (again.inserted, again.updated, again.removed),
+        (again.tally.inserted, again.tally.updated, again.removed),
         (0, 0, 0),
         "{again:?}"
     );
@@ -400,7 +438,7 @@ async fn a_same_second_tie_the_read_cannot_decide_is_settled_by_reading_again() 
             "the re-read settled it: {summary:?}"
         );
         assert_eq!(seen.2, serde_json::json!({"id": "real"}));
-        assert_eq!(summary.unsettled, 0, "{summary:?}");
+        assert_eq!(summary.tally.unsettled, 0, "{summary:?}");
         objmeta.stop().await.expect("objmeta stops");
         return;
     }
@@ -474,13 +512,19 @@ async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_mean
         .await
         .unwrap();
         tx.commit().await.unwrap();
+        // A second run of the same listing, even with --restart, is refused while it runs:
+        // it would share the checkpoint and the recorded keys.
+        let rival = reconcile(bed_ref, &bucket.name, &["--restart"]).await;
+        let reason = rival.stopped.clone().unwrap_or_default();
+        assert!(reason.contains("another reconcile"), "{rival:?}");
+        assert!(!rival.succeeded() && rival.tally.listed == 0);
     });
     assert!(drift.succeeded(), "{drift:?}");
     assert!(drift.complete);
     assert_eq!(drift.removed, gone.len() as u64, "{drift:?}");
-    assert_eq!(drift.updated, 1, "{drift:?}");
-    assert_eq!(drift.inserted, 1, "{drift:?}");
-    assert_eq!(drift.listed, (keys.len() - gone.len() + 1) as u64);
+    assert_eq!(drift.tally.updated, 1, "{drift:?}");
+    assert_eq!(drift.tally.inserted, 1, "{drift:?}");
+    assert_eq!(drift.tally.listed, (keys.len() - gone.len() + 1) as u64);
     let rows = table(&bed, &bucket.name).await;
     for key in &gone {
         assert!(!rows.contains_key(*key), "{key} is gone");
@@ -526,11 +570,11 @@ async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_mean
     let second = reconcile(&bed, &bucket.name, &[]).await;
     assert!(second.succeeded(), "{second:?}");
     assert_eq!(
-        (second.inserted, second.updated, second.removed),
+        (second.tally.inserted, second.tally.updated, second.removed),
         (0, 0, 0),
         "{second:?}"
     );
-    assert_eq!(second.unchanged, second.listed);
+    assert_eq!(second.tally.unchanged, second.tally.listed);
     assert_eq!(table(&bed, &bucket.name).await, state);
     assert_eq!(state, truth(&bucket).await, "the table mirrors the bucket");
 }
@@ -630,10 +674,16 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
     let resumed = backfill(&bed, &bucket.name, &[]).await;
     assert!(resumed.succeeded(), "{resumed:?}");
     assert!(resumed.resumed);
+    assert_eq!(resumed.resumed_after.as_deref(), Some(stored.as_str()));
     assert_eq!(
-        resumed.listed,
-        (keys.len() - covered) as u64,
-        "listing continued after {stored:?}"
+        resumed.tally.listed,
+        keys.len() as u64,
+        "the tally covers both runs"
+    );
+    assert_eq!(
+        (resumed.tally.inserted, resumed.tally.unchanged),
+        (keys.len() as u64, 0),
+        "nothing before the checkpoint was read again: {resumed:?}"
     );
     assert_eq!(table(&bed, &bucket.name).await, expected);
 }

@@ -235,7 +235,7 @@ async fn a_server_stopped_mid_backfill_gives_retries_then_a_clear_failure() {
         );
     }
     assert_eq!(
-        summary.inserted,
+        summary.tally.inserted,
         written.len() as u64,
         "the summary counts what was written"
     );
@@ -342,7 +342,7 @@ async fn tls_with_a_private_ca_and_restart() {
         reason.contains("certificate") || reason.contains("tls"),
         "{reason}"
     );
-    assert_eq!(refused.inserted, 0);
+    assert_eq!(refused.tally.inserted, 0);
 
     let trusted = config(
         &bed,
@@ -353,7 +353,7 @@ async fn tls_with_a_private_ca_and_restart() {
     );
     let first = run(Kind::Backfill, &trusted).await;
     assert!(first.succeeded(), "{first:?}");
-    assert_eq!((first.listed, first.inserted), (300, 300));
+    assert_eq!((first.tally.listed, first.tally.inserted), (300, 300));
     assert_eq!(etags(&bed, &bucket.name).await, bucket_etags(&bucket).await);
 
     // A reconcile interrupted in the middle resumes from its checkpoint (and removes nothing
@@ -368,15 +368,20 @@ async fn tls_with_a_private_ca_and_restart() {
         reconcile(&["--concurrency", "1", "--batch-rows", "5"]),
     )
     .await;
-    assert!(!stopped.complete && stopped.listed > 0, "{stopped:?}");
+    assert!(!stopped.complete && stopped.tally.listed > 0, "{stopped:?}");
     let resumed = run(Kind::Reconcile, &reconcile(&[])).await;
     assert!(resumed.succeeded() && resumed.resumed, "{resumed:?}");
-    assert!(
-        resumed.listed < 300,
-        "continued after the checkpoint: {resumed:?}"
+    assert!(resumed.resumed_after.is_some(), "{resumed:?}");
+    assert_eq!(
+        resumed.tally.listed, 300,
+        "the tally covers both runs: {resumed:?}"
     );
     assert_eq!(
-        (resumed.removed, resumed.inserted, resumed.updated),
+        (
+            resumed.removed,
+            resumed.tally.inserted,
+            resumed.tally.updated
+        ),
         (0, 0, 0),
         "{resumed:?}"
     );
@@ -389,7 +394,7 @@ async fn tls_with_a_private_ca_and_restart() {
     let restarted = run(Kind::Reconcile, &reconcile(&["--restart"])).await;
     assert!(restarted.succeeded() && !restarted.resumed, "{restarted:?}");
     assert_eq!(
-        (restarted.listed, restarted.unchanged),
+        (restarted.tally.listed, restarted.tally.unchanged),
         (300, 300),
         "{restarted:?}"
     );

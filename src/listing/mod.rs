@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ use crate::retry::Backoff;
 use crate::s3::{ListPage, ObjectRead, S3Error, S3};
 
 pub use progress::Progress;
-use store::{Checkpoint, Drift, Outcome, ReadRow, Store};
+use store::{Advance, Checkpoint, Drift, Outcome, ReadRow, Store};
 
 /// Listed objects not yet behind the checkpoint before listing pauses: two
 /// pages of ListObjectsV2.
@@ -102,18 +102,14 @@ pub struct Settings {
     pub retry_timeout: Duration,
 }
 
-/// What one listing did; every object listed ends in exactly one of
-/// inserted, updated, unchanged, skipped, unsettled, gone or errors (or is
-/// left for a resumed run when the listing stopped early).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Summary {
-    pub bucket: String,
-    pub prefix: String,
-    pub kind: &'static str,
-    /// The run continued an interrupted listing.
-    pub resumed: bool,
-    /// The listing reached its end (only then does a reconcile remove rows).
-    pub complete: bool,
+/// What became of the objects of one listing, over every run of it: each
+/// listed object whose row is written ends in exactly one of inserted,
+/// updated, unchanged, skipped, unsettled, gone or errors. Stored with the
+/// checkpoint, so that a resumed listing reports (and records as drift) the
+/// whole listing, and an error before an interruption still fails it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tally {
     pub listed: u64,
     /// Rows created (or brought back from a tombstone): missing from the table.
     pub inserted: u64,
@@ -124,27 +120,26 @@ pub struct Summary {
     pub skipped: u64,
     /// Still undecided after every re-read (see `MAX_READS`).
     pub unsettled: u64,
-    /// Reads repeated to settle a same-second tie with an event.
-    pub rereads: u64,
     /// Listed, then gone before its HeadObject (404).
     pub gone: u64,
-    /// Rows of objects that no longer exist, removed by a reconcile.
-    pub removed: u64,
     /// Objects whose read failed for good.
     pub errors: u64,
-    /// Requests retried after throttling or a connection error.
-    pub retries: u64,
-    pub seconds: f64,
-    /// Why the listing stopped before its end.
-    pub stopped: Option<String>,
 }
 
-impl Summary {
-    /// Whether the command should exit with success.
-    pub fn succeeded(&self) -> bool {
-        self.complete && self.errors == 0 && self.stopped.is_none()
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.listed += other.listed;
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.skipped += other.skipped;
+        self.unsettled += other.unsettled;
+        self.gone += other.gone;
+        self.errors += other.errors;
     }
+}
 
+impl Tally {
     fn count(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Inserted => self.inserted += 1,
@@ -154,14 +149,46 @@ impl Summary {
             Outcome::Unsettled => self.unsettled += 1,
         }
     }
+}
+
+/// What one listing did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub bucket: String,
+    pub prefix: String,
+    pub kind: &'static str,
+    /// The run continued an interrupted listing.
+    pub resumed: bool,
+    /// The key it continued after (the checkpoint it started from).
+    pub resumed_after: Option<String>,
+    /// The listing reached its end (only then does a reconcile remove rows).
+    pub complete: bool,
+    #[serde(flatten)]
+    pub tally: Tally,
+    /// Rows of objects that no longer exist, removed by a reconcile.
+    pub removed: u64,
+    /// Reads repeated (in this run) to settle a same-second tie with an event.
+    pub rereads: u64,
+    /// Requests retried (in this run) after throttling or a connection error.
+    pub retries: u64,
+    pub seconds: f64,
+    /// Why the listing stopped before its end.
+    pub stopped: Option<String>,
+}
+
+impl Summary {
+    /// Whether the command should exit with success.
+    pub fn succeeded(&self) -> bool {
+        self.complete && self.tally.errors == 0 && self.stopped.is_none()
+    }
 
     fn drift(&self) -> Drift {
         Drift {
-            listed: self.listed,
-            missing: self.inserted,
-            stale: self.updated,
+            listed: self.tally.listed,
+            missing: self.tally.inserted,
+            stale: self.tally.updated,
             removed: self.removed,
-            errors: self.errors,
+            errors: self.tally.errors,
         }
     }
 }
@@ -238,9 +265,12 @@ async fn list(
         ..Summary::default()
     };
     let result = async {
-        let checkpoint = store.begin(target, settings.restart).await?;
+        // Held to the end of the listing, sweep and record included.
+        let (checkpoint, _lock) = store.begin(target, settings.restart).await?;
         let clock = DbClock::sample(store).await?;
         summary.resumed = checkpoint.resumed;
+        summary.tally = checkpoint.tally;
+        summary.resumed_after = checkpoint.position.clone();
         let mut listing = Listing::new(s3, store, target, settings, clock, &checkpoint);
         let bar = progress.start(target, checkpoint.resumed);
         let ended = listing.run(&mut summary, &bar, shutdown).await;
@@ -422,7 +452,7 @@ impl<'a> Listing<'a> {
                     page = None;
                     summary.retries += fetched.retries;
                     match fetched.page {
-                        Ok(listed) => self.take_page(listed, fetched.requested_at, summary),
+                        Ok(listed) => self.take_page(listed, fetched.requested_at),
                         Err(e) => {
                             fatal = Some(e.into());
                             reads_stop.cancel();
@@ -490,7 +520,7 @@ impl<'a> Listing<'a> {
 
     /// Takes a listed page: its objects join the listing order, to be read
     /// (or, with the listing's own metadata, straight to be written).
-    fn take_page(&mut self, page: ListPage, requested_at: OffsetDateTime, summary: &mut Summary) {
+    fn take_page(&mut self, page: ListPage, requested_at: OffsetDateTime) {
         if self.with_metadata && !page.metadata_supported {
             self.with_metadata = false;
             tracing::info!(bucket = %self.target.bucket, "the listing carries no object metadata: one HeadObject per object");
@@ -500,7 +530,6 @@ impl<'a> Listing<'a> {
         for listed in page.objects {
             let index = self.next_index;
             self.next_index += 1;
-            summary.listed += 1;
             self.order.push_back((index, listed.key.clone()));
             let entry = Entry {
                 index,
@@ -565,12 +594,13 @@ impl<'a> Listing<'a> {
         })
     }
 
-    /// Writes the finished reads with the checkpoint they allow, retrying
-    /// while the database is unavailable; then counts their outcomes and
-    /// queues the unsettled ones for another read.
+    /// Writes up to `batch_rows` finished reads with the checkpoint and the
+    /// tally they allow, retrying while the database is unavailable; then
+    /// counts them and queues the unsettled ones for another read.
     async fn write(&mut self, summary: &mut Summary) -> Result<(), ListingError> {
-        let batch = std::mem::take(&mut self.ready);
-        self.ready_since = None;
+        let take = self.ready.len().min(self.settings.batch_rows);
+        let batch: Vec<Done> = self.ready.drain(..take).collect();
+        self.ready_since = (!self.ready.is_empty()).then(Instant::now);
         let rows: Vec<ReadRow> = batch
             .iter()
             .filter_map(|d| match &d.read {
@@ -585,51 +615,32 @@ impl<'a> Listing<'a> {
             .filter(|d| matches!(d.read, Read::Found(_) | Read::Failed(_)))
             .map(|d| d.entry.key.as_str())
             .collect();
-        let rereads = |outcomes: &[Outcome]| -> HashSet<u64> {
-            let mut found = outcomes.iter();
-            batch
-                .iter()
-                .filter(|d| matches!(d.read, Read::Found(_)))
-                .zip(&mut found)
-                .filter(|(d, o)| **o == Outcome::Unsettled && d.entry.reads < MAX_READS)
-                .map(|(d, _)| d.entry.index)
-                .collect()
+        let before = summary.tally;
+        let advance = |outcomes: &[Outcome]| {
+            let settlement = settle(&batch, outcomes);
+            let mut tally = before;
+            tally += settlement.tally;
+            Advance {
+                position: frontier(&self.order, &self.done, &settlement.settled),
+                tally,
+            }
         };
-        let settled = |outcomes: &[Outcome]| -> HashSet<u64> {
-            let again = rereads(outcomes);
-            batch
-                .iter()
-                .map(|d| d.entry.index)
-                .filter(|i| !again.contains(i))
-                .collect()
-        };
-        let position = |outcomes: &[Outcome]| frontier(&self.order, &self.done, &settled(outcomes));
-        let outcomes = self.write_with_retries(&rows, &present, &position).await?;
-        let again = rereads(&outcomes);
-        let mut found = outcomes.iter();
+        let outcomes = self.write_with_retries(&rows, &present, &advance).await?;
+        let settlement = settle(&batch, &outcomes);
+        summary.tally += settlement.tally;
         for done in batch {
-            let outcome = match &done.read {
-                Read::Found(_) => found.next().copied(),
-                _ => None,
-            };
-            if again.contains(&done.entry.index) {
+            if settlement.settled.contains(&done.entry.index) {
+                if let Read::Failed(e) = &done.read {
+                    tracing::warn!(bucket = %self.target.bucket, key = %done.entry.key, error = %e, "cannot read an object");
+                }
+                self.done.insert(done.entry.index);
+            } else {
                 summary.rereads += 1;
                 self.to_read.push_back(Entry {
                     listed: None,
                     ..done.entry
                 });
-                continue;
             }
-            match (&done.read, outcome) {
-                (Read::Found(_), Some(outcome)) => summary.count(outcome),
-                (Read::Gone, _) => summary.gone += 1,
-                (Read::Failed(e), _) => {
-                    tracing::warn!(bucket = %self.target.bucket, key = %done.entry.key, error = %e, "cannot read an object");
-                    summary.errors += 1;
-                }
-                _ => {}
-            }
-            self.done.insert(done.entry.index);
         }
         while let Some((index, _)) = self.order.front() {
             if !self.done.remove(index) {
@@ -644,20 +655,71 @@ impl<'a> Listing<'a> {
         &self,
         rows: &[ReadRow],
         present: &[&str],
-        position: &(dyn Fn(&[Outcome]) -> Option<String> + Sync),
+        advance: &(dyn Fn(&[Outcome]) -> Advance + Sync),
     ) -> Result<Vec<Outcome>, ListingError> {
-        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, RETRY_MAX_DELAY);
-        let deadline = Instant::now() + self.settings.retry_timeout;
-        loop {
-            match self.store.write(self.target, rows, present, position).await {
-                Ok(outcomes) => return Ok(outcomes),
-                Err(e) if e.is_retried() && Instant::now() < deadline => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "writing read rows failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e.into()),
+        let store = self.store;
+        let target = self.target;
+        retry_database(self.settings.retry_timeout, "writing read rows", || {
+            store.write(target, rows, present, advance)
+        })
+        .await
+    }
+}
+
+/// What a written batch settles: the objects done (all but the unsettled
+/// ones that get another read), and what became of them.
+struct Settlement {
+    settled: HashSet<u64>,
+    tally: Tally,
+}
+
+/// `outcomes` are those of the batch's found objects, in batch order.
+fn settle(batch: &[Done], outcomes: &[Outcome]) -> Settlement {
+    let mut settlement = Settlement {
+        settled: HashSet::with_capacity(batch.len()),
+        tally: Tally::default(),
+    };
+    let mut found = outcomes.iter().copied();
+    for done in batch {
+        let tally = &mut settlement.tally;
+        match &done.read {
+            Read::Found(_) => match found.next() {
+                Some(Outcome::Unsettled) if done.entry.reads < MAX_READS => continue,
+                Some(outcome) => tally.count(outcome),
+                None => continue,
+            },
+            Read::Gone => tally.gone += 1,
+            Read::Failed(_) => tally.errors += 1,
+            Read::Fatal(_) | Read::Interrupted => continue,
+        }
+        tally.listed += 1;
+        settlement.settled.insert(done.entry.index);
+    }
+    settlement
+}
+
+/// Runs a database step until it succeeds, fails for good, or retriable
+/// failures have lasted `timeout`.
+async fn retry_database<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut step: F,
+) -> Result<T, ListingError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SinkError>>,
+{
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, RETRY_MAX_DELAY);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_retried() && Instant::now() < deadline => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed, retrying");
+                tokio::time::sleep(delay).await;
             }
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -758,11 +820,12 @@ mod tests {
             ..Summary::default()
         };
         assert!(complete.succeeded());
-        assert!(!Summary {
-            errors: 1,
-            ..complete.clone()
-        }
-        .succeeded());
+        let mut failed = complete.clone();
+        failed.tally.errors = 1;
+        assert!(
+            !failed.succeeded(),
+            "an error before a resume still fails the listing"
+        );
         assert!(!Summary::default().succeeded());
     }
 }

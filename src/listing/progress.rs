@@ -93,14 +93,15 @@ impl Bar {
     }
 
     fn message(&self, s: &Summary) -> String {
-        let written = s.inserted + s.updated + s.unchanged + s.skipped + s.unsettled + s.gone;
+        let t = &s.tally;
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         format!(
-            "listed {}, written {} ({:.0}/s), errors {}, retries {}, elapsed {:.0}s",
-            s.listed,
-            written,
-            written as f64 / seconds,
-            s.errors,
+            "written {} ({:.0}/s), inserted {}, updated {}, errors {}, retries {}, elapsed {:.0}s",
+            t.listed,
+            t.listed as f64 / seconds,
+            t.inserted,
+            t.updated,
+            t.errors,
             s.retries,
             seconds
         )

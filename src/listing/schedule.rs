@@ -16,9 +16,9 @@ use crate::s3::S3;
 use super::store::{LastRun, Store};
 use super::{Progress, Settings, Target};
 
-/// Key of the session advisory lock only one reconciling replica holds
-/// (the migrations use the key below it).
-const RECONCILE_LOCK_KEY: i64 = 0x6f626a6d657462;
+/// Name of the advisory lock (per database schema) only one reconciling
+/// replica holds.
+const RECONCILE_LOCK: &str = "objmeta periodic reconcile";
 
 /// Longest wait between two looks at whether a reconcile is due; also how
 /// fresh the drift metrics are.
@@ -67,7 +67,7 @@ async fn tick(
     if due(schedule, &export(store, schedule, metrics).await?).is_empty() {
         return Ok(());
     }
-    let Some(lock) = store.try_lock(RECONCILE_LOCK_KEY).await? else {
+    let Some(lock) = store.try_lock(RECONCILE_LOCK).await? else {
         metrics
             .reconcile_runs
             .with_label_values(&["elsewhere"])
@@ -80,22 +80,39 @@ async fn tick(
         return Ok(());
     }
     let work = shutdown.child_token();
+    let reconcile = super::run(
+        s3,
+        store,
+        &targets,
+        &schedule.settings,
+        &Progress::Off,
+        &work,
+    );
+    tokio::pin!(reconcile);
     let summaries = tokio::select! {
-        summaries = super::run(s3, store, &targets, &schedule.settings, &Progress::Off, &work) => summaries,
+        summaries = &mut reconcile => summaries,
         () = lost(&lock) => {
-            // Without the lock another replica may start: stop, checkpointed.
-            work.cancel();
+            // Stop, writing what was read (each listing keeps its own lock,
+            // so another replica cannot run the same one meanwhile).
             tracing::warn!("lost the reconcile lock's connection; stopping this reconcile");
-            Vec::new()
+            work.cancel();
+            reconcile.await
         }
     };
     drop(lock);
     for summary in &summaries {
-        let result = if summary.succeeded() { "ok" } else { "failed" };
+        // A reconcile stopped by shutdown or a lost lock resumes next time:
+        // not a failure.
+        let result = match (summary.succeeded(), &summary.stopped) {
+            (true, _) => "ok",
+            (false, None) if work.is_cancelled() => continue,
+            _ => "failed",
+        };
         metrics.reconcile_runs.with_label_values(&[result]).inc();
-        tracing::info!(bucket = %summary.bucket, prefix = %summary.prefix, listed = summary.listed,
-            missing = summary.inserted, stale = summary.updated, removed = summary.removed,
-            errors = summary.errors, stopped = ?summary.stopped, "reconcile finished");
+        let t = &summary.tally;
+        tracing::info!(bucket = %summary.bucket, prefix = %summary.prefix, listed = t.listed,
+            missing = t.inserted, stale = t.updated, removed = summary.removed,
+            errors = t.errors, stopped = ?summary.stopped, "reconcile finished");
     }
     export(store, schedule, metrics).await?;
     Ok(())

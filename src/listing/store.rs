@@ -16,7 +16,7 @@ use crate::error::SinkError;
 use crate::s3::ObjectRead;
 use crate::sink::merge_into_stored;
 
-use super::{Kind, Target};
+use super::{Kind, Tally, Target};
 
 /// Writes read rows and reports, per row, what the read did (sql/0004,
 /// `objmeta_read_outcome`). The stored row the outcome is judged against is
@@ -60,22 +60,29 @@ LEFT JOIN written w ON w.key = (i.r).key
 "#
 );
 
-/// Removes from the current view, a chunk at a time, the live rows of the
-/// bucket and prefix that were written before the listing started and
-/// whose object the listing did not find. The tombstone is a read of
-/// "absent" at the listing's start: an older event arriving later loses to
-/// it, a newer one wins (sql/0004). `FOR UPDATE` makes a row a consumer
-/// rewrites meanwhile be judged again on its new version (then written
-/// after the start: kept).
+/// Removes from the current view the live rows of the bucket and prefix
+/// that were written before the listing started and whose object the
+/// listing did not find, one chunk of the bucket's rows at a time (keyset
+/// pagination on the primary key, so that each statement reads at most
+/// `$4` rows however big the bucket). The tombstone is a read of "absent"
+/// at the listing's start: an older event arriving later loses to it, a
+/// newer one wins (sql/0004). `FOR UPDATE` makes a row a consumer rewrites
+/// meanwhile be judged again on its new version (then written after the
+/// start: kept). Returns the rows removed, the last key read and how many
+/// were read.
 const SWEEP_SQL: &str = r#"
-WITH doomed AS (
+WITH scanned AS (
+    SELECT t.key FROM object_metadata t
+    WHERE t.bucket = $1 AND t.key > $5
+    ORDER BY t.key
+    LIMIT $4
+), doomed AS (
     SELECT t.bucket, t.key FROM object_metadata t
-    WHERE t.bucket = $1 AND starts_with(t.key, $2) AND t.live AND t.updated_at < $3
+    JOIN scanned s ON t.bucket = $1 AND t.key = s.key
+    WHERE starts_with(t.key, $2) AND t.live AND t.updated_at < $3
       AND NOT EXISTS (
           SELECT 1 FROM bucket_listing_keys k
           WHERE k.bucket = $1 AND k.prefix = $2 AND k.kind = 'reconcile' AND k.key = t.key)
-    ORDER BY t.key
-    LIMIT $4
     FOR UPDATE OF t
 ), gone AS (
     UPDATE object_metadata t SET
@@ -88,12 +95,13 @@ WITH doomed AS (
     WHERE t.bucket = d.bucket AND t.key = d.key
     RETURNING 1
 )
-SELECT count(*) FROM gone
+SELECT (SELECT count(*) FROM gone), (SELECT max(key) FROM scanned), (SELECT count(*) FROM scanned)
 "#;
 
-/// Rows a sweep statement removes at most, so that each stays well within
-/// the statement timeout however many objects went away.
-const SWEEP_CHUNK: i64 = 5000;
+/// Rows a sweep statement reads at most, and listed keys a statement of
+/// `finish` forgets at most: each statement stays well within the
+/// statement timeout however big the bucket.
+const CHUNK: i64 = 5000;
 
 /// What a read did to the table (see `objmeta_read_outcome`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +147,17 @@ pub struct Checkpoint {
     pub started_at: OffsetDateTime,
     /// Last key whose row (and all before it) is written.
     pub position: Option<String>,
+    /// What became of the objects before `position`.
+    pub tally: Tally,
     pub resumed: bool,
+}
+
+/// Where a written batch moves the listing: its new checkpoint (`None`:
+/// it stays) and the tally up to it.
+#[derive(Clone, Debug)]
+pub struct Advance {
+    pub position: Option<String>,
+    pub tally: Tally,
 }
 
 /// The drift a finished reconcile records.
@@ -180,27 +198,45 @@ impl Store {
     }
 
     /// Resumes the listing of `target`, or starts it (after forgetting any
-    /// earlier one when `restart`).
-    pub async fn begin(&self, target: &Target, restart: bool) -> Result<Checkpoint, SinkError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(SinkError::postgres("begin"))?;
+    /// earlier one when `restart`). First takes the listing's own lock, held
+    /// until the returned [`SessionLock`] is dropped: two runs of one listing
+    /// would share its checkpoint and recorded keys, and the end of one
+    /// would make the other's sweep remove what it found.
+    pub async fn begin(
+        &self,
+        target: &Target,
+        restart: bool,
+    ) -> Result<(Checkpoint, SessionLock), SinkError> {
+        let name = format!(
+            "objmeta {} {}/{}",
+            target.kind.label(),
+            target.bucket,
+            target.prefix
+        );
+        let Some(lock) = self.try_lock(&name).await? else {
+            return Err(SinkError::Busy(format!(
+                "another {} of bucket {:?} prefix {:?} is running on this database schema",
+                target.kind.label(),
+                target.bucket,
+                target.prefix
+            )));
+        };
+        let client = self.client().await?;
         let kind = target.kind.label();
         let key: [&(dyn ToSql + Sync); 3] = [&target.bucket, &target.prefix, &kind];
         if restart {
-            tx.execute(
-                "DELETE FROM bucket_listings WHERE bucket = $1 AND prefix = $2 AND kind = $3",
-                &key,
-            )
-            .await
-            .map_err(SinkError::postgres("forgetting a listing"))?;
+            client
+                .execute(
+                    "DELETE FROM bucket_listings WHERE bucket = $1 AND prefix = $2 AND kind = $3",
+                    &key,
+                )
+                .await
+                .map_err(SinkError::postgres("forgetting a listing"))?;
         }
-        let existing = tx
+        let existing = client
             .query_opt(
-                "SELECT started_at, position FROM bucket_listings
-                 WHERE bucket = $1 AND prefix = $2 AND kind = $3 FOR UPDATE",
+                "SELECT started_at, position, tally FROM bucket_listings
+                 WHERE bucket = $1 AND prefix = $2 AND kind = $3",
                 &key,
             )
             .await
@@ -209,10 +245,15 @@ impl Store {
             Some(row) => Checkpoint {
                 started_at: row.get(0),
                 position: row.get(1),
+                tally: serde_json::from_value(row.get(2)).map_err(|e| {
+                    SinkError::Schema(format!("bucket_listings.tally is not a tally: {e}"))
+                })?,
                 resumed: true,
             },
             None => {
-                let row = tx
+                // Keys an ended listing left (they are forgotten after its end).
+                self.forget_keys(target).await?;
+                let row = client
                     .query_one(
                         "INSERT INTO bucket_listings (bucket, prefix, kind) VALUES ($1, $2, $3)
                          RETURNING started_at",
@@ -223,23 +264,23 @@ impl Store {
                 Checkpoint {
                     started_at: row.get(0),
                     position: None,
+                    tally: Tally::default(),
                     resumed: false,
                 }
             }
         };
-        tx.commit().await.map_err(SinkError::postgres("commit"))?;
-        Ok(checkpoint)
+        Ok((checkpoint, lock))
     }
 
     /// Writes `rows` and, for a reconcile, records `present` as found; then
-    /// moves the checkpoint to what `position` makes of the outcomes (it
-    /// may stay). One transaction: all of it or nothing.
+    /// moves the checkpoint and the tally to what `advance` makes of the
+    /// outcomes. One transaction: all of it or nothing.
     pub async fn write(
         &self,
         target: &Target,
         rows: &[ReadRow],
         present: &[&str],
-        position: &(dyn Fn(&[Outcome]) -> Option<String> + Sync),
+        advance: &(dyn Fn(&[Outcome]) -> Advance + Sync),
     ) -> Result<Vec<Outcome>, SinkError> {
         let mut client = self.client().await?;
         let tx = client
@@ -257,15 +298,23 @@ impl Store {
             .await
             .map_err(SinkError::postgres("recording listed keys"))?;
         }
-        if let Some(key) = position(&outcomes) {
-            tx.execute(
-                "UPDATE bucket_listings SET position = $4, updated_at = now()
-                 WHERE bucket = $1 AND prefix = $2 AND kind = $3",
-                &[&target.bucket, &target.prefix, &target.kind.label(), &key],
-            )
-            .await
-            .map_err(SinkError::postgres("moving the listing checkpoint"))?;
-        }
+        let advance = advance(&outcomes);
+        let tally = serde_json::to_value(advance.tally)
+            .map_err(|e| SinkError::Schema(format!("a tally that is not JSON: {e}")))?;
+        tx.execute(
+            "UPDATE bucket_listings SET position = coalesce($4, position), tally = $5,
+                 updated_at = now()
+             WHERE bucket = $1 AND prefix = $2 AND kind = $3",
+            &[
+                &target.bucket,
+                &target.prefix,
+                &target.kind.label(),
+                &advance.position,
+                &tally,
+            ],
+        )
+        .await
+        .map_err(SinkError::postgres("moving the listing checkpoint"))?;
         tx.commit().await.map_err(SinkError::postgres("commit"))?;
         Ok(outcomes)
     }
@@ -278,25 +327,27 @@ impl Store {
         started_at: OffsetDateTime,
     ) -> Result<u64, SinkError> {
         let client = self.client().await?;
-        let mut removed = 0;
+        let (mut removed, mut after) = (0, String::new());
         loop {
             let row = client
                 .query_one(
                     SWEEP_SQL,
-                    &[&target.bucket, &target.prefix, &started_at, &SWEEP_CHUNK],
+                    &[&target.bucket, &target.prefix, &started_at, &CHUNK, &after],
                 )
                 .await
                 .map_err(SinkError::postgres("removing rows of vanished objects"))?;
-            let count: i64 = row.get(0);
-            removed += u64::try_from(count).unwrap_or(0);
-            if count < SWEEP_CHUNK {
-                return Ok(removed);
+            removed += u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let scanned: i64 = row.get(2);
+            match row.get::<_, Option<String>>(1) {
+                Some(last) if scanned == CHUNK => after = last,
+                _ => return Ok(removed),
             }
         }
     }
 
-    /// Ends the listing: records a reconcile's drift, forgets the checkpoint
-    /// and the listed keys.
+    /// Ends the listing: records a reconcile's drift and forgets the
+    /// checkpoint in one transaction, then the listed keys (keys left by a
+    /// crash in between are forgotten when the next listing starts).
     pub async fn finish(
         &self,
         target: &Target,
@@ -337,7 +388,29 @@ impl Store {
         )
         .await
         .map_err(SinkError::postgres("ending a listing"))?;
-        tx.commit().await.map_err(SinkError::postgres("commit"))
+        tx.commit().await.map_err(SinkError::postgres("commit"))?;
+        self.forget_keys(target).await
+    }
+
+    /// Forgets the keys a listing recorded, a chunk per statement (the
+    /// listing's row itself would cascade them in one, too long for a big
+    /// bucket).
+    async fn forget_keys(&self, target: &Target) -> Result<(), SinkError> {
+        let client = self.client().await?;
+        loop {
+            let deleted = client
+                .execute(
+                    "DELETE FROM bucket_listing_keys WHERE ctid IN (
+                         SELECT ctid FROM bucket_listing_keys
+                         WHERE bucket = $1 AND prefix = $2 AND kind = $3 LIMIT $4)",
+                    &[&target.bucket, &target.prefix, &target.kind.label(), &CHUNK],
+                )
+                .await
+                .map_err(SinkError::postgres("forgetting listed keys"))?;
+            if deleted < CHUNK as u64 {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -408,13 +481,17 @@ impl Store {
             .collect())
     }
 
-    /// Takes the advisory lock `key` if no other session holds it.
-    pub async fn try_lock(&self, key: i64) -> Result<Option<SessionLock>, SinkError> {
+    /// Takes the advisory lock named `name` in this schema, if no other
+    /// session holds it.
+    pub async fn try_lock(&self, name: &str) -> Result<Option<SessionLock>, SinkError> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || ' ' || $1, 0))",
+                &[&name],
+            )
             .await
-            .map_err(SinkError::postgres("trying the reconcile lock"))?;
+            .map_err(SinkError::postgres("trying an advisory lock"))?;
         // Out of the pool either way: a connection that may hold a session
         // lock must never be lent to anyone else.
         let client = deadpool_postgres::Object::take(client);

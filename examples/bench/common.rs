@@ -138,17 +138,29 @@ pub use objmeta::sink::UpsertColumns as Columns;
 
 /// CPU time (user + system, children that were waited for included) of a process, seconds.
 pub fn cpu_seconds(pid: u32, with_children: bool) -> Option<f64> {
+    let [user, system, children_user, children_system] = cpu_times(pid)?;
+    let own = user + system;
+    Some(match with_children {
+        true => own + children_user + children_system,
+        false => own,
+    })
+}
+
+/// CPU time of this process's children that were waited for, seconds.
+pub fn waited_children_cpu_seconds() -> Option<f64> {
+    let [_, _, user, system] = cpu_times(std::process::id())?;
+    Some(user + system)
+}
+
+/// utime, stime, cutime and cstime of a process (fields 14-17 of stat(5)), seconds.
+fn cpu_times(pid: u32) -> Option<[f64; 4]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime, stime, cutime, cstime are fields 14-17 of stat(5): 11-14 here (state is 0).
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    let mut ticks = tick(11)? + tick(12)?;
-    if with_children {
-        ticks += tick(13)? + tick(14)?;
-    }
-    Some(ticks / USER_HZ)
+    // Fields 14-17 of stat(5) are 11-14 here (state is 0).
+    let tick = |i: usize| Some(fields.get(i)?.parse::<f64>().ok()? / USER_HZ);
+    Some([tick(11)?, tick(12)?, tick(13)?, tick(14)?])
 }
 
 /// /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 for user space.
@@ -188,8 +200,19 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// (busy, total) jiffies of the whole machine from /proc/stat.
-pub fn machine_jiffies() -> Option<(u64, u64)> {
+/// CPU time of the whole machine so far (all CPUs), from /proc/stat's first line, jiffies.
+#[derive(Clone, Copy)]
+struct Jiffies {
+    /// Everything but idle and I/O wait.
+    busy: u64,
+    total: u64,
+    /// Charged to processes: user, nice and system.
+    tasks: u64,
+    /// Hardware and soft interrupts (network processing), charged to no process.
+    interrupts: u64,
+}
+
+fn machine_jiffies() -> Option<Jiffies> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
     let values: Vec<u64> = line
@@ -197,9 +220,90 @@ pub fn machine_jiffies() -> Option<(u64, u64)> {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
+    let field = |i: usize| values.get(i).copied();
     let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3)? + values.get(4)?;
-    Some((total - idle, total))
+    Some(Jiffies {
+        busy: total - field(3)? - field(4)?,
+        total,
+        tasks: field(0)? + field(1)? + field(2)?,
+        interrupts: field(5)? + field(6)?,
+    })
+}
+
+/// CPU used so far by PostgreSQL's process tree, by one other service (the Kafka broker, the
+/// S3 server) and by the whole machine; two samples give the cores each used in between.
+pub struct Load {
+    pg: Option<f64>,
+    service: Option<f64>,
+    machine: Option<Jiffies>,
+}
+
+/// What two [`Load`] samples say: cores used by PostgreSQL and the other service, the share
+/// of the machine's CPU in use (all CPUs together), and what processes and interrupts took.
+pub struct LoadFigures {
+    pub pg_cores: Option<f64>,
+    pub service_cores: Option<f64>,
+    pub machine_busy_percent: Option<f64>,
+    /// Cores charged to processes (all of them).
+    pub task_cores: Option<f64>,
+    /// Cores spent in interrupts, mostly the kernel's network processing.
+    pub interrupt_cores: Option<f64>,
+}
+
+impl Load {
+    /// `pg_pid` is the postmaster (its whole tree is counted); `service_pid` one process.
+    pub fn sample(pg_pid: Option<u32>, service_pid: Option<u32>) -> Load {
+        Load {
+            pg: pg_pid.and_then(tree_cpu_seconds),
+            service: service_pid.and_then(|p| cpu_seconds(p, true)),
+            machine: machine_jiffies(),
+        }
+    }
+
+    /// From this sample to `later`, `seconds` apart.
+    pub fn until(&self, later: &Load, seconds: f64) -> LoadFigures {
+        let cores = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) / seconds);
+        let machine = self.machine.zip(later.machine);
+        let jiffy_cores = |field: fn(&Jiffies) -> u64| {
+            machine.map(|(a, b)| (field(&b) - field(&a)) as f64 / USER_HZ / seconds)
+        };
+        LoadFigures {
+            pg_cores: cores(self.pg, later.pg),
+            service_cores: cores(self.service, later.service),
+            machine_busy_percent: machine.map(|(a, b)| {
+                let total = (b.total - a.total).max(1) as f64;
+                100.0 * (b.busy - a.busy) as f64 / total
+            }),
+            task_cores: jiffy_cores(|j| j.tasks),
+            interrupt_cores: jiffy_cores(|j| j.interrupts),
+        }
+    }
+}
+
+/// Cores the other processes of the machine used (the broker, the bench itself, anything
+/// else that ran): what processes were charged minus the measured process (`own_cores`),
+/// PostgreSQL and the service.
+pub fn other_cores(load: &LoadFigures, own_cores: f64) -> Option<f64> {
+    let measured = own_cores + load.pg_cores.unwrap_or(0.0) + load.service_cores.unwrap_or(0.0);
+    load.task_cores.map(|tasks| (tasks - measured).max(0.0))
+}
+
+/// Calls `report` every `every` until `work` ends (also while it makes no progress), so that
+/// a long step is never silent; returns what `work` returned.
+pub async fn reporting<T>(
+    work: impl std::future::Future<Output = T>,
+    every: Duration,
+    mut report: impl FnMut(),
+) -> T {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick() => report(),
+        }
+    }
 }
 
 /// Percentile of sorted values (nearest rank).

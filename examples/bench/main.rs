@@ -10,14 +10,21 @@
 //! - `probe`: publish time → row visible, per message, while a producer runs at a fixed rate.
 //! - `flood`: creates a topic that admits ~1 MiB messages and fills it with large events and
 //!   large invalid payloads (the bounded-memory scenario).
+//! - `s3-fill`: creates a bucket and puts small objects with one user metadata entry each.
+//! - `s3-heads`: the bare concurrent HeadObject loop over every key, with objmeta's S3 client.
+//! - `s3-backfill`: runs `objmeta backfill` on the bucket; wall time, peak RSS, CPU.
+//! - `s3-drop`: deletes a bucket's objects and the bucket.
 //! - `cleanup`: drops a run's schemas and topics.
 
+mod backfill;
 mod ceiling;
 mod common;
 mod flood;
+mod heads;
 mod naive;
 mod probe;
 mod report;
+mod s3;
 mod wait;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +48,14 @@ enum Cmd {
     Probe(probe::Args),
     /// Create a topic for large messages and fill it with ~1 MiB events and invalid payloads.
     Flood(flood::Args),
+    /// Create a bucket and put small objects with one user metadata entry each.
+    S3Fill(s3::FillArgs),
+    /// HEAD every object of a bucket with objmeta's S3 client, nothing else (the reference).
+    S3Heads(heads::Args),
+    /// Run `objmeta backfill` on a bucket; measure its rate, peak RSS and CPU.
+    S3Backfill(backfill::Args),
+    /// Delete every object of a bucket, then the bucket.
+    S3Drop(s3::BucketArgs),
     /// Print the table from collected JSON lines and write the results file.
     Report(report::Args),
     /// Drop the schemas and delete the topics whose names start with a prefix.
@@ -55,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::WaitCommitted(args) => wait::run(args).await?,
         Cmd::Probe(args) => probe::run(args).await?,
         Cmd::Flood(args) => flood::run(args).await?,
+        Cmd::S3Fill(args) => s3::fill(args).await?,
+        Cmd::S3Heads(args) => heads::run(args).await?,
+        Cmd::S3Backfill(args) => backfill::run(args).await?,
+        Cmd::S3Drop(args) => s3::drop_bucket(args).await?,
         Cmd::Report(args) => return report::run(args),
         Cmd::Cleanup(args) => return common::cleanup(args).await,
     };

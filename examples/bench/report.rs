@@ -1,5 +1,5 @@
 //! Turns the JSON lines the other subcommands printed into one results file and the table,
-//! with the ratios and the targets of issue 5.
+//! with the ratios and the targets of issue 5 (and of issue 10 for the backfill).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::{json, Value};
 
+mod backfill;
 mod flood;
 
 #[derive(clap::Args)]
@@ -36,7 +37,7 @@ const SATURATED_PERCENT: f64 = 90.0;
 pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let mut results = json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": [], "flood": null});
+    let mut results = json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": [], "flood": null, "backfill": null});
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let value: Value =
             serde_json::from_str(line).with_context(|| format!("bad line {line}"))?;
@@ -52,6 +53,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "flood_produce" => merge(&mut results["flood"], "produce", value),
             "flood_setup" => merge(&mut results["flood"], "setup", value),
             "flood_rows" => merge(&mut results["flood"], "rows", value),
+            "backfill_fill" => merge(&mut results["backfill"], "fill", value),
+            "backfill_heads" => push(&mut results["backfill"]["heads"], value),
+            "backfill" => merge(&mut results["backfill"], "run", value),
             other => eprintln!("bench report: ignoring phase {other:?}"),
         }
     }
@@ -179,6 +183,7 @@ fn render(results: &Value) -> (String, Value) {
     render_catchup(&mut out, results);
     render_steady(&mut out, results);
     flood::render(&mut out, &results["flood"]);
+    backfill::render(&mut out, &results["backfill"]);
     let verdicts = render_verdicts(&mut out, results, ceiling_rate, naive_rate);
     (out, verdicts)
 }
@@ -373,7 +378,9 @@ fn render_verdicts(
     let replay = replay_over_fresh(results);
     let replay_updated = catchup(results, "replay").and_then(|c| num(&c["table"]["updated"]));
     let flood_rss = flood::peak_rss_mib(&results["flood"]);
-    let _ = writeln!(out, "\nRatios and targets (issue 5)");
+    let backfill_share = backfill::share_of_heads(&results["backfill"]);
+    let backfill_rss = backfill::peak_rss_mib(&results["backfill"]);
+    let _ = writeln!(out, "\nRatios and targets (issue 5; backfill: issue 10)");
     let mut line = |name: &str, figure: String, target: String, met: Option<bool>| {
         let _ = writeln!(
             out,
@@ -446,6 +453,21 @@ fn render_verdicts(
             format!("near {TARGET_FLOOD_RSS_MIB:.0} MiB"),
             flood_rss.map(|r| r <= TARGET_FLOOD_RSS_MIB * FLOOD_RSS_TOLERANCE),
         ),
+        line(
+            "backfill / bare HeadObject loop (same client)",
+            fmt(backfill_share.map(|r| r * 100.0), 1) + " %",
+            format!(">= {:.0} %", backfill::TARGET_SHARE_OF_HEADS * 100.0),
+            backfill_share.map(|r| r >= backfill::TARGET_SHARE_OF_HEADS),
+        ),
+        line(
+            &format!(
+                "backfill peak RSS ({} objects)",
+                backfill::objects(&results["backfill"])
+            ),
+            fmt(backfill_rss, 0) + " MiB",
+            format!("< {:.0} MiB", backfill::TARGET_RSS_MIB),
+            backfill_rss.map(|r| r < backfill::TARGET_RSS_MIB),
+        ),
     ];
     let _ = writeln!(
         out,
@@ -466,6 +488,8 @@ fn render_verdicts(
         "replay_over_fresh": replay,
         "replay_rows_updated": replay_updated,
         "flood_peak_rss_mib": flood_rss,
+        "backfill_over_heads": backfill_share,
+        "backfill_peak_rss_mib": backfill_rss,
         "machine_saturated_in_scale_out": saturated,
         "targets": verdicts,
     })

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::common::{self, cpu_seconds, machine_jiffies, status_kib, tree_cpu_seconds};
+use crate::common::{self, cpu_seconds, status_kib, Load};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,22 +49,6 @@ pub struct Args {
     progress_every: Duration,
 }
 
-struct Others {
-    pg: Option<f64>,
-    kafka: Option<f64>,
-    machine: Option<(u64, u64)>,
-}
-
-impl Others {
-    fn sample(args: &Args) -> Others {
-        Others {
-            pg: args.pg_pid.and_then(tree_cpu_seconds),
-            kafka: args.kafka_pid.and_then(|p| cpu_seconds(p, true)),
-            machine: machine_jiffies(),
-        }
-    }
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.kafka.brokers)
@@ -74,7 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .context("creating the offset reader")?;
     let partitions = tokio::task::block_in_place(|| end_offsets(&consumer, &args.kafka.topic))?;
     let end: i64 = partitions.iter().map(|(_, high)| high).sum();
-    let before = Others::sample(&args);
+    let before = Load::sample(args.pg_pid, args.kafka_pid);
     let since = args.since_ns.unwrap_or_else(now_ns);
     let started = Instant::now();
     let mut first_commit_ns = None;
@@ -126,7 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         tokio::time::sleep(args.interval).await;
     }
     let done_ns = now_ns();
-    let after = Others::sample(&args);
+    let after = Load::sample(args.pg_pid, args.kafka_pid);
     let seconds = (done_ns - since) as f64 / 1e9;
     let active = first_commit_ns.map_or(seconds, |t| (done_ns - t) as f64 / 1e9);
     let cpu: f64 = args
@@ -144,11 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .iter()
         .filter_map(|&p| status_kib(p, "VmRSS"))
         .collect();
-    let cores = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) / seconds);
-    let busy = before.machine.zip(after.machine).map(|(a, b)| {
-        let total = (b.1 - a.1).max(1) as f64;
-        100.0 * (b.0 - a.0) as f64 / total
-    });
+    let load = before.until(&after, seconds);
     Ok(json!({
         "phase": args.phase,
         "label": args.label,
@@ -163,9 +143,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "peak_rss_kib": hwm.unwrap_or(peak_rss),
         "peak_rss_sampled_kib": peak_rss,
         "end_rss_kib": rss_end,
-        "pg_cores": cores(before.pg, after.pg),
-        "kafka_cores": cores(before.kafka, after.kafka),
-        "machine_busy_percent": busy,
+        "pg_cores": load.pg_cores,
+        "kafka_cores": load.service_cores,
+        "machine_busy_percent": load.machine_busy_percent,
     }))
 }
 

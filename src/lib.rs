@@ -128,15 +128,7 @@ pub async fn read_buckets(
     let s3 = s3_client(&config.s3)?;
     migrate(&config.database).await?;
     let store = listing::store::Store::new(sink::connect(&config.database)?);
-    let targets: Vec<listing::Target> = config
-        .buckets
-        .iter()
-        .map(|bucket| listing::Target {
-            bucket: bucket.clone(),
-            prefix: config.prefix.clone(),
-            kind,
-        })
-        .collect();
+    let targets = listing::Target::each(&config.buckets, &config.prefix, kind);
     let settings = listing::Settings {
         concurrency: config.concurrency,
         batch_rows: config.batch_rows,
@@ -183,15 +175,11 @@ fn start_reconciler(
     };
     let store = listing::store::Store::new(sink::connect(&database)?);
     let schedule = listing::schedule::Schedule {
-        targets: config
-            .reconcile_buckets
-            .iter()
-            .map(|bucket| listing::Target {
-                bucket: bucket.clone(),
-                prefix: config.reconcile_prefix.clone(),
-                kind: listing::Kind::Reconcile,
-            })
-            .collect(),
+        targets: listing::Target::each(
+            &config.reconcile_buckets,
+            &config.reconcile_prefix,
+            listing::Kind::Reconcile,
+        ),
         every,
         settings: listing::Settings {
             concurrency: config.reconcile_concurrency,

@@ -564,8 +564,14 @@ async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteRepo
     })
 }
 
-fn count(n: i64) -> u64 {
+/// A count PostgreSQL returned (bigint), as the u64 objmeta counts in.
+pub(crate) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// A count as the bigint PostgreSQL and the gauges take.
+pub(crate) fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A change the database refused, as a dead letter. The original payload

@@ -14,63 +14,37 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::Parser;
 use futures::StreamExt;
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 use common::bucket::Bucket;
 use common::{minio_message, wait_until, TestBed};
-use objmeta::config::{Cli, Command, ListingConfig};
 use objmeta::listing::{Kind, Summary};
 
 /// What a user sees of one object: ETag, size, user metadata.
 type Seen = (Option<String>, Option<i64>, Value);
-
-/// `objmeta backfill|reconcile --bucket <bucket> …` on the test bed's schema and versitygw.
-fn listing_config(bed: &TestBed, command: &str, bucket: &str, extra: &[&str]) -> ListingConfig {
-    let s3 = common::s3();
-    let mut args = vec![
-        "objmeta",
-        command,
-        "--bucket",
-        bucket,
-        "--database-url",
-        &bed.services.database_url,
-        "--database-schema",
-        &bed.schema,
-        "--s3-endpoint",
-        &s3.endpoint,
-        "--s3-region",
-        &s3.region,
-        "--s3-access-key",
-        &s3.access_key,
-        "--s3-secret-key",
-        &s3.secret_key,
-        "--progress",
-        "off",
-    ];
-    args.extend_from_slice(extra);
-    match Cli::try_parse_from(args).expect("valid arguments").command {
-        Command::Backfill(config) | Command::Reconcile(config) => *config,
-        other => panic!("expected a listing command, got {other:?}"),
-    }
-}
 
 async fn list(bed: &TestBed, kind: Kind, bucket: &str, extra: &[&str]) -> Summary {
     let command = match kind {
         Kind::Backfill => "backfill",
         Kind::Reconcile => "reconcile",
     };
-    let config = listing_config(bed, command, bucket, extra);
-    let mut summaries = objmeta::read_buckets(kind, &config, CancellationToken::new())
+    let config = bed.listing_config(command, &common::s3().endpoint, bucket, extra);
+    common::run_listing(kind, &config).await
+}
+
+/// Every row's `updated_at`, in key order: equal before and after when nothing was written.
+async fn write_times(bed: &TestBed) -> Value {
+    bed.db()
         .await
-        .expect("listing runs");
-    assert_eq!(summaries.len(), 1);
-    let summary = summaries.remove(0);
-    println!("{summary:?}");
-    summary
+        .query_one(
+            "SELECT to_jsonb(array_agg(updated_at ORDER BY key)) FROM object_metadata",
+            &[],
+        )
+        .await
+        .expect("read updated_at")
+        .get(0)
 }
 
 async fn backfill(bed: &TestBed, bucket: &str, extra: &[&str]) -> Summary {
@@ -220,16 +194,7 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
         serde_json::json!({"id": "2", "owner": "Zoë"})
     );
 
-    let written: Value = bed
-        .db()
-        .await
-        .query_one(
-            "SELECT to_jsonb(array_agg(updated_at ORDER BY key)) FROM object_metadata",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let written = write_times(&bed).await;
     let again = backfill(&bed, &bucket.name, &[]).await;
     assert!(again.succeeded(), "{again:?}");
     assert!(!again.resumed, "a complete backfill leaves no checkpoint");
@@ -238,16 +203,7 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
         again.tally.inserted + again.tally.updated + again.tally.skipped,
         0
     );
-    let rewritten: Value = bed
-        .db()
-        .await
-        .query_one(
-            "SELECT to_jsonb(array_agg(updated_at ORDER BY key)) FROM object_metadata",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rewritten = write_times(&bed).await;
     assert_eq!(written, rewritten, "the rerun wrote no row");
     assert_eq!(table(&bed, &bucket.name).await, expected);
 }

@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use clap::Parser;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use common::bucket::{admin_at, Bucket};
 use common::{free_port, minio_message, repo_root, wait_until, TestBed};
-use objmeta::config::{Cli, Command as CliCommand, ListingConfig};
+use objmeta::config::ListingConfig;
 use objmeta::listing::{Kind, Summary};
 
 /// A versitygw of this test alone (the shared one must not be stopped), on a free port and
@@ -100,49 +99,6 @@ impl Drop for PrivateS3 {
     }
 }
 
-/// `objmeta <command> --bucket <bucket> …` on the test bed's schema, against `endpoint`.
-fn config(
-    bed: &TestBed,
-    command: &str,
-    endpoint: &str,
-    bucket: &str,
-    extra: &[&str],
-) -> ListingConfig {
-    let s3 = common::s3();
-    let mut args = vec![
-        "objmeta",
-        command,
-        "--bucket",
-        bucket,
-        "--database-url",
-        &bed.services.database_url,
-        "--database-schema",
-        &bed.schema,
-        "--s3-endpoint",
-        endpoint,
-        "--s3-access-key",
-        &s3.access_key,
-        "--s3-secret-key",
-        &s3.secret_key,
-        "--progress",
-        "off",
-    ];
-    args.extend_from_slice(extra);
-    match Cli::try_parse_from(args).expect("valid arguments").command {
-        CliCommand::Backfill(config) | CliCommand::Reconcile(config) => *config,
-        other => panic!("expected a listing command, got {other:?}"),
-    }
-}
-
-async fn run(kind: Kind, config: &ListingConfig) -> Summary {
-    let mut summaries = objmeta::read_buckets(kind, config, CancellationToken::new())
-        .await
-        .expect("listing runs");
-    let summary = summaries.remove(0);
-    println!("{summary:?}");
-    summary
-}
-
 async fn etags(bed: &TestBed, bucket: &str) -> BTreeMap<String, String> {
     bed.db()
         .await
@@ -191,8 +147,7 @@ async fn a_server_stopped_mid_backfill_gives_retries_then_a_clear_failure() {
     bucket.fill(&objects(1200), 32).await;
     let truth = bucket_etags(&bucket).await;
 
-    let config = config(
-        &bed,
+    let config = bed.listing_config(
         "backfill",
         &server.endpoint(),
         &bucket.name,
@@ -207,7 +162,7 @@ async fn a_server_stopped_mid_backfill_gives_retries_then_a_clear_failure() {
             "2s",
         ],
     );
-    let backfill = tokio::spawn(async move { run(Kind::Backfill, &config).await });
+    let backfill = tokio::spawn(async move { common::run_listing(Kind::Backfill, &config).await });
     wait_until(Duration::from_secs(60), "some rows written", || async {
         (etags(&bed, &bucket.name).await.len() >= 100).then_some(())
     })
@@ -242,8 +197,8 @@ async fn a_server_stopped_mid_backfill_gives_retries_then_a_clear_failure() {
 
     // The server back: the rerun resumes and completes.
     server.resume();
-    let config = self::config(&bed, "backfill", &server.endpoint(), &bucket.name, &[]);
-    let resumed = run(Kind::Backfill, &config).await;
+    let config = bed.listing_config("backfill", &server.endpoint(), &bucket.name, &[]);
+    let resumed = common::run_listing(Kind::Backfill, &config).await;
     assert!(resumed.succeeded() && resumed.resumed, "{resumed:?}");
     assert_eq!(etags(&bed, &bucket.name).await, truth);
 }
@@ -328,14 +283,13 @@ async fn tls_with_a_private_ca_and_restart() {
     let ca_file = ca.to_str().unwrap();
 
     // Without the CA the server's certificate is refused, clearly.
-    let untrusted = config(
-        &bed,
+    let untrusted = bed.listing_config(
         "backfill",
         &server.endpoint(),
         &bucket.name,
         &["--s3-retry-timeout", "1s"],
     );
-    let refused = run(Kind::Backfill, &untrusted).await;
+    let refused = common::run_listing(Kind::Backfill, &untrusted).await;
     assert!(!refused.succeeded());
     let reason = refused.stopped.clone().unwrap_or_default().to_lowercase();
     assert!(
@@ -344,14 +298,13 @@ async fn tls_with_a_private_ca_and_restart() {
     );
     assert_eq!(refused.tally.inserted, 0);
 
-    let trusted = config(
-        &bed,
+    let trusted = bed.listing_config(
         "backfill",
         &server.endpoint(),
         &bucket.name,
         &["--s3-ca-file", ca_file],
     );
-    let first = run(Kind::Backfill, &trusted).await;
+    let first = common::run_listing(Kind::Backfill, &trusted).await;
     assert!(first.succeeded(), "{first:?}");
     assert_eq!((first.tally.listed, first.tally.inserted), (300, 300));
     assert_eq!(etags(&bed, &bucket.name).await, bucket_etags(&bucket).await);
@@ -361,7 +314,7 @@ async fn tls_with_a_private_ca_and_restart() {
     let reconcile = |extra: &[&str]| {
         let mut args = vec!["--s3-ca-file", ca_file];
         args.extend_from_slice(extra);
-        config(&bed, "reconcile", &server.endpoint(), &bucket.name, &args)
+        bed.listing_config("reconcile", &server.endpoint(), &bucket.name, &args)
     };
     let stopped = interrupt(
         &bed,
@@ -369,7 +322,7 @@ async fn tls_with_a_private_ca_and_restart() {
     )
     .await;
     assert!(!stopped.complete && stopped.tally.listed > 0, "{stopped:?}");
-    let resumed = run(Kind::Reconcile, &reconcile(&[])).await;
+    let resumed = common::run_listing(Kind::Reconcile, &reconcile(&[])).await;
     assert!(resumed.succeeded() && resumed.resumed, "{resumed:?}");
     assert!(resumed.resumed_after.is_some(), "{resumed:?}");
     assert_eq!(
@@ -391,7 +344,7 @@ async fn tls_with_a_private_ca_and_restart() {
         reconcile(&["--concurrency", "1", "--batch-rows", "5"]),
     )
     .await;
-    let restarted = run(Kind::Reconcile, &reconcile(&["--restart"])).await;
+    let restarted = common::run_listing(Kind::Reconcile, &reconcile(&["--restart"])).await;
     assert!(restarted.succeeded() && !restarted.resumed, "{restarted:?}");
     assert_eq!(
         (restarted.tally.listed, restarted.tally.unchanged),

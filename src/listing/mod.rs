@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SinkError;
 use crate::retry::Backoff;
-use crate::s3::{ListPage, ObjectRead, S3Error, S3};
+use crate::s3::{ListPage, S3Error, S3};
 
 pub use progress::Progress;
 use store::{Advance, Checkpoint, Drift, Outcome, ReadRow, Store};
@@ -87,6 +87,20 @@ pub struct Target {
     pub bucket: String,
     pub prefix: String,
     pub kind: Kind,
+}
+
+impl Target {
+    /// One target per bucket, all with `prefix` and `kind`.
+    pub fn each(buckets: &[String], prefix: &str, kind: Kind) -> Vec<Target> {
+        buckets
+            .iter()
+            .map(|bucket| Target {
+                bucket: bucket.clone(),
+                prefix: prefix.to_string(),
+                kind,
+            })
+            .collect()
+    }
 }
 
 /// How a listing runs.
@@ -313,9 +327,6 @@ async fn finish(
 struct Entry {
     index: u64,
     key: String,
-    /// The object's state from the listing itself, and when that page's
-    /// request started; reads after the first always use HeadObject.
-    listed: Option<(ObjectRead, OffsetDateTime)>,
     /// Reads done so far.
     reads: u32,
 }
@@ -499,16 +510,22 @@ impl<'a> Listing<'a> {
         Box::pin(async move {
             let mut retries = 0;
             let mut requested_at = clock.now();
-            let page = with_retries(retry_timeout, &mut retries, || {
-                requested_at = clock.now();
-                s3.list_page(
-                    &target.bucket,
-                    &target.prefix,
-                    start_after.as_deref(),
-                    continuation.as_deref(),
-                    with_metadata,
-                )
-            })
+            let page = with_retries(
+                retry_timeout,
+                "an S3 request",
+                S3Error::is_retriable,
+                &mut retries,
+                || {
+                    requested_at = clock.now();
+                    s3.list_page(
+                        &target.bucket,
+                        &target.prefix,
+                        start_after.as_deref(),
+                        continuation.as_deref(),
+                        with_metadata,
+                    )
+                },
+            )
             .await;
             Fetched {
                 page,
@@ -531,27 +548,30 @@ impl<'a> Listing<'a> {
             let index = self.next_index;
             self.next_index += 1;
             self.order.push_back((index, listed.key.clone()));
-            let entry = Entry {
-                index,
-                key: listed.key,
-                listed: listed.read.map(|read| (read, requested_at)),
-                reads: 0,
-            };
-            match entry.listed.clone() {
-                Some((read, read_at)) => {
+            match listed.read {
+                // The listing carried the object's state: no HeadObject.
+                Some(read) => {
                     self.ready_since.get_or_insert_with(Instant::now);
                     let row = ReadRow {
-                        key: entry.key.clone(),
+                        key: listed.key.clone(),
                         read,
-                        read_at,
+                        read_at: requested_at,
                     };
                     self.ready.push(Done {
-                        entry: Entry { reads: 1, ..entry },
+                        entry: Entry {
+                            index,
+                            key: listed.key,
+                            reads: 1,
+                        },
                         read: Read::Found(row),
                         retries: 0,
                     });
                 }
-                None => self.to_read.push_back(entry),
+                None => self.to_read.push_back(Entry {
+                    index,
+                    key: listed.key,
+                    reads: 0,
+                }),
             }
         }
     }
@@ -569,10 +589,16 @@ impl<'a> Listing<'a> {
                     tokio::time::sleep(REREAD_DELAY).await;
                 }
                 let mut read_at = clock.now();
-                let result = with_retries(retry_timeout, &mut retries, || {
-                    read_at = clock.now();
-                    s3.head(&bucket, &entry.key)
-                })
+                let result = with_retries(
+                    retry_timeout,
+                    "an S3 request",
+                    S3Error::is_retriable,
+                    &mut retries,
+                    || {
+                        read_at = clock.now();
+                        s3.head(&bucket, &entry.key)
+                    },
+                )
                 .await;
                 (result, read_at)
             };
@@ -601,10 +627,10 @@ impl<'a> Listing<'a> {
         let take = self.ready.len().min(self.settings.batch_rows);
         let batch: Vec<Done> = self.ready.drain(..take).collect();
         self.ready_since = (!self.ready.is_empty()).then(Instant::now);
-        let rows: Vec<ReadRow> = batch
+        let rows: Vec<&ReadRow> = batch
             .iter()
             .filter_map(|d| match &d.read {
-                Read::Found(row) => Some(row.clone()),
+                Read::Found(row) => Some(row),
                 _ => None,
             })
             .collect();
@@ -636,10 +662,7 @@ impl<'a> Listing<'a> {
                 self.done.insert(done.entry.index);
             } else {
                 summary.rereads += 1;
-                self.to_read.push_back(Entry {
-                    listed: None,
-                    ..done.entry
-                });
+                self.to_read.push_back(done.entry);
             }
         }
         while let Some((index, _)) = self.order.front() {
@@ -653,16 +676,20 @@ impl<'a> Listing<'a> {
 
     async fn write_with_retries(
         &self,
-        rows: &[ReadRow],
+        rows: &[&ReadRow],
         present: &[&str],
         advance: &(dyn Fn(&[Outcome]) -> Advance + Sync),
     ) -> Result<Vec<Outcome>, ListingError> {
-        let store = self.store;
-        let target = self.target;
-        retry_database(self.settings.retry_timeout, "writing read rows", || {
-            store.write(target, rows, present, advance)
-        })
-        .await
+        let mut retries = 0;
+        let written = with_retries(
+            self.settings.retry_timeout,
+            "writing read rows",
+            SinkError::is_retried,
+            &mut retries,
+            || self.store.write(self.target, rows, present, advance),
+        )
+        .await;
+        Ok(written?)
     }
 }
 
@@ -698,32 +725,6 @@ fn settle(batch: &[Done], outcomes: &[Outcome]) -> Settlement {
     settlement
 }
 
-/// Runs a database step until it succeeds, fails for good, or retriable
-/// failures have lasted `timeout`.
-async fn retry_database<T, F, Fut>(
-    timeout: Duration,
-    what: &str,
-    mut step: F,
-) -> Result<T, ListingError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, SinkError>>,
-{
-    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, RETRY_MAX_DELAY);
-    let deadline = Instant::now() + timeout;
-    loop {
-        match step().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.is_retried() && Instant::now() < deadline => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed, retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// The last key of the contiguous written part of the listing once the
 /// indices in `settled` are written too; `None` when it does not move.
 fn frontier(
@@ -748,24 +749,28 @@ fn stops_the_listing(error: &S3Error) -> bool {
         )
 }
 
-/// Runs `request` until it succeeds, fails with an error that retrying
-/// cannot fix, or retriable failures have lasted `timeout`; counts retries.
-async fn with_retries<T, F, Fut>(
+/// Runs `step` until it succeeds, fails with an error `retriable` refuses,
+/// or retriable failures have lasted `timeout`; counts the retries. The one
+/// retry loop of a listing, for its S3 requests and its database writes.
+async fn with_retries<T, E, F, Fut>(
     timeout: Duration,
+    what: &str,
+    retriable: fn(&E) -> bool,
     retries: &mut u64,
-    mut request: F,
-) -> Result<T, S3Error>
+    mut step: F,
+) -> Result<T, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, S3Error>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::new(FIRST_RETRY_DELAY, RETRY_MAX_DELAY);
     let deadline = Instant::now() + timeout;
     loop {
-        match request().await {
-            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+        match step().await {
+            Err(e) if retriable(&e) && Instant::now() < deadline => {
                 let delay = backoff.next_delay();
-                tracing::debug!(error = %e, retry_in = ?delay, "S3 request failed, retrying");
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed, retrying");
                 *retries += 1;
                 tokio::time::sleep(delay).await;
             }

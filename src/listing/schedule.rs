@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::SinkError;
 use crate::metrics::Metrics;
 use crate::s3::S3;
+use crate::sink::signed;
 
 use super::store::{LastRun, Store};
 use super::{Progress, Settings, Target};
@@ -151,7 +152,6 @@ async fn export(
     let last = store.last_runs(&schedule.targets).await?;
     for run in &last {
         let labels = [run.bucket.as_str(), run.prefix.as_str()];
-        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for (kind, value) in [
             ("missing", run.drift.missing),
             ("stale", run.drift.stale),
@@ -160,16 +160,16 @@ async fn export(
             metrics
                 .reconcile_drift
                 .with_label_values(&[labels[0], labels[1], kind])
-                .set(gauge(value));
+                .set(signed(value));
         }
         metrics
             .reconcile_listed
             .with_label_values(&labels)
-            .set(gauge(run.drift.listed));
+            .set(signed(run.drift.listed));
         metrics
             .reconcile_errors
             .with_label_values(&labels)
-            .set(gauge(run.drift.errors));
+            .set(signed(run.drift.errors));
         metrics
             .reconcile_finished
             .with_label_values(&labels)

@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::SinkError;
 use crate::s3::ObjectRead;
-use crate::sink::merge_into_stored;
+use crate::sink::{count, merge_into_stored, signed};
 
 use super::{Kind, Tally, Target};
 
@@ -132,7 +132,7 @@ impl Outcome {
 }
 
 /// One object as a read found it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ReadRow {
     pub key: String,
     pub read: ObjectRead,
@@ -278,7 +278,7 @@ impl Store {
     pub async fn write(
         &self,
         target: &Target,
-        rows: &[ReadRow],
+        rows: &[&ReadRow],
         present: &[&str],
         advance: &(dyn Fn(&[Outcome]) -> Advance + Sync),
     ) -> Result<Vec<Outcome>, SinkError> {
@@ -336,7 +336,7 @@ impl Store {
                 )
                 .await
                 .map_err(SinkError::postgres("removing rows of vanished objects"))?;
-            removed += u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            removed += count(row.get(0));
             let scanned: i64 = row.get(2);
             match row.get::<_, Option<String>>(1) {
                 Some(last) if scanned == CHUNK => after = last,
@@ -360,7 +360,6 @@ impl Store {
             .await
             .map_err(SinkError::postgres("begin"))?;
         if let Some(d) = drift {
-            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             tx.execute(
                 "INSERT INTO reconcile_runs
                      (bucket, prefix, started_at, listed, missing, stale, removed, errors)
@@ -372,11 +371,11 @@ impl Store {
                     &target.bucket,
                     &target.prefix,
                     &started_at,
-                    &n(d.listed),
-                    &n(d.missing),
-                    &n(d.stale),
-                    &n(d.removed),
-                    &n(d.errors),
+                    &signed(d.listed),
+                    &signed(d.missing),
+                    &signed(d.stale),
+                    &signed(d.removed),
+                    &signed(d.errors),
                 ],
             )
             .await
@@ -461,18 +460,17 @@ impl Store {
             )
             .await
             .map_err(SinkError::postgres("reading the last reconciles"))?;
-        let n = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(rows
             .iter()
             .map(|row| LastRun {
                 bucket: row.get(0),
                 prefix: row.get(1),
                 drift: Drift {
-                    listed: n(row.get(2)),
-                    missing: n(row.get(3)),
-                    stale: n(row.get(4)),
-                    removed: n(row.get(5)),
-                    errors: n(row.get(6)),
+                    listed: count(row.get(2)),
+                    missing: count(row.get(3)),
+                    stale: count(row.get(4)),
+                    removed: count(row.get(5)),
+                    errors: count(row.get(6)),
                 },
                 finished_at: row.get(7),
                 seconds: row.get(8),
@@ -503,7 +501,7 @@ impl Store {
 async fn write_reads(
     client: &impl GenericClient,
     target: &Target,
-    rows: &[ReadRow],
+    rows: &[&ReadRow],
 ) -> Result<Vec<Outcome>, SinkError> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -551,7 +549,7 @@ struct ReadColumns<'a> {
 }
 
 impl<'a> ReadColumns<'a> {
-    fn new(target: &'a Target, rows: &'a [ReadRow]) -> Self {
+    fn new(target: &'a Target, rows: &'a [&'a ReadRow]) -> Self {
         let event_name = target.kind.event_name();
         ReadColumns {
             bucket: rows.iter().map(|_| target.bucket.as_str()).collect(),

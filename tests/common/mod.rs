@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use objmeta::config::{Cli, Command as CliCommand, RunConfig};
+use objmeta::config::{Cli, Command as CliCommand, ListingConfig, RunConfig};
 use objmeta::event::{self, Action, Change, ObjectId};
 
 /// Where the test services are.
@@ -124,6 +124,20 @@ fn init_logging() {
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs one listing in-process to its end; its summary, also printed.
+pub async fn run_listing(
+    kind: objmeta::listing::Kind,
+    config: &ListingConfig,
+) -> objmeta::listing::Summary {
+    let mut summaries = objmeta::read_buckets(kind, config, CancellationToken::new())
+        .await
+        .expect("listing runs");
+    assert_eq!(summaries.len(), 1, "one bucket, one summary");
+    let summary = summaries.remove(0);
+    println!("{summary:?}");
+    summary
 }
 
 /// A free TCP port on the loopback interface for an HTTP server.
@@ -242,6 +256,46 @@ impl TestBed {
         {
             CliCommand::Run(config) => *config,
             other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    /// `objmeta backfill|reconcile --bucket <bucket> …` on this bed's schema, against the
+    /// S3 server at `endpoint` with the tests' credentials, as a user would give it.
+    pub fn listing_config(
+        &self,
+        command: &str,
+        endpoint: &str,
+        bucket: &str,
+        extra: &[&str],
+    ) -> ListingConfig {
+        let s3 = s3();
+        let mut args = vec![
+            "objmeta",
+            command,
+            "--bucket",
+            bucket,
+            "--database-url",
+            &self.services.database_url,
+            "--database-schema",
+            &self.schema,
+            "--s3-endpoint",
+            endpoint,
+            "--s3-region",
+            &s3.region,
+            "--s3-access-key",
+            &s3.access_key,
+            "--s3-secret-key",
+            &s3.secret_key,
+            "--progress",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args)
+            .expect("valid listing arguments")
+            .command
+        {
+            CliCommand::Backfill(config) | CliCommand::Reconcile(config) => *config,
+            other => panic!("expected a listing command, got {other:?}"),
         }
     }
 

@@ -335,7 +335,7 @@ fn version_of(change: &Change) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ObjectState;
+    use crate::event::{Basis, ObjectState};
     use time::OffsetDateTime;
 
     fn change(key: &str, sequencer: i64, action: Action) -> Change {
@@ -349,6 +349,7 @@ mod tests {
             sequencer,
             action,
             record: 0,
+            basis: Basis::Event,
         }
     }
 

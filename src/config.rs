@@ -11,6 +11,7 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
+use crate::event::{Decoding, Enrich, SourceChoice, Store};
 use crate::listing::Progress;
 use crate::produce::ProduceArgs;
 use crate::s3::S3Config;
@@ -146,7 +147,20 @@ pub struct RunConfig {
     /// At shutdown, how long to keep trying to write what was consumed.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// S3 connection, for the periodic reconcile.
+    /// The store that publishes to the topic (MinIO, RustFS, Ceph RGW, versitygw, AWS via
+    /// SQS/SNS or EventBridge): `auto` recognises each message's by its envelope and
+    /// `eventSource`; naming one reads every message by that store's rules.
+    #[arg(long, env = "EVENT_SOURCE", default_value = "auto", value_parser = parse_source())]
+    pub source: SourceChoice,
+    /// When to read an object's state with HeadObject instead of writing its event's:
+    /// `auto` where the store's events carry no user metadata or no usable order
+    /// (versitygw, AWS), `always`, or `never`. Needs --s3-endpoint when it reads.
+    #[arg(long, env = "ENRICH", value_enum, default_value = "auto")]
+    pub enrich: Enrich,
+    /// HeadObject requests in flight for enrichment, shared by all write lanes.
+    #[arg(long, env = "ENRICH_CONCURRENCY", default_value_t = 32)]
+    pub enrich_concurrency: usize,
+    /// S3 connection, for enrichment and the periodic reconcile.
     #[command(flatten)]
     pub s3: S3Config,
     /// Buckets to reconcile periodically (see --reconcile-every); repeat the flag,
@@ -384,6 +398,21 @@ impl RunConfig {
                 "--reconcile-every needs the S3 server: set --s3-endpoint (S3_ENDPOINT)".into(),
             ));
         }
+        if self.enrich_concurrency == 0 {
+            return Err(Error::Config(
+                "--enrich-concurrency (ENRICH_CONCURRENCY) must be at least 1".into(),
+            ));
+        }
+        let decoding = self.decoding();
+        let always_reads = self.enrich == Enrich::Always
+            || (decoding.may_read() && decoding.source != SourceChoice::Auto);
+        if always_reads && self.s3.s3_endpoint.is_none() {
+            return Err(Error::Config(
+                "--enrich reads objects with HeadObject for these events: set --s3-endpoint \
+                 (S3_ENDPOINT) and its keys, or --enrich never"
+                    .into(),
+            ));
+        }
         if self.database.database_pool_size <= self.write_concurrency {
             return Err(Error::Config(format!(
                 "--database-pool-size (DATABASE_POOL_SIZE) must exceed --write-concurrency \
@@ -393,6 +422,30 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+impl RunConfig {
+    /// How messages are decoded.
+    pub fn decoding(&self) -> Decoding {
+        Decoding {
+            source: self.source,
+            enrich: self.enrich,
+        }
+    }
+}
+
+/// `--source`: `auto`, or one store's name.
+fn parse_source() -> impl TypedValueParser<Value = SourceChoice> {
+    use clap::builder::PossibleValue;
+    use clap::ValueEnum;
+    let mut names = vec![PossibleValue::new("auto")];
+    names.extend(
+        Store::value_variants()
+            .iter()
+            .filter_map(Store::to_possible_value),
+    );
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| Store::from_str(&name, true).map_or(SourceChoice::Auto, SourceChoice::Only))
 }
 
 /// Parses one `key=value` librdkafka property (shared with `objmeta produce`).

@@ -1,6 +1,6 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the main
-//! loop is alive) and `/readyz` (the database answers and the consumer is in
-//! its group).
+//! loop is alive) and `/readyz` (the database answers, the consumer is in
+//! its group, and enrichment can read the objects it must read).
 //!
 //! Liveness is "the loop is turning and every write attempt ends within a
 //! bound". A member waiting out a database outage retries: each attempt
@@ -37,6 +37,8 @@ pub struct Health {
     last_progress_ms: AtomicU64,
     database_ready: AtomicBool,
     in_group: AtomicBool,
+    /// False while enrichment's HeadObject requests fail (e.g. 403: a missing permission).
+    s3_readable: AtomicBool,
     stall_timeout: Duration,
     /// Longest time a write attempt may go without finishing a round trip.
     attempt_limit: Duration,
@@ -54,6 +56,7 @@ impl Health {
             last_progress_ms: AtomicU64::new(0),
             database_ready: AtomicBool::new(false),
             in_group: AtomicBool::new(false),
+            s3_readable: AtomicBool::new(true),
             stall_timeout,
             attempt_limit,
             attempts: Mutex::new(HashMap::new()),
@@ -113,6 +116,10 @@ impl Health {
         self.database_ready.store(ready, Ordering::Relaxed);
     }
 
+    pub fn set_s3_readable(&self, readable: bool) {
+        self.s3_readable.store(readable, Ordering::Relaxed);
+    }
+
     pub fn set_in_group(&self, joined: bool) {
         self.in_group.store(joined, Ordering::Relaxed);
     }
@@ -135,7 +142,20 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.database_ready.load(Ordering::Relaxed) && self.in_group.load(Ordering::Relaxed)
+        self.not_ready_because().is_none()
+    }
+
+    /// Why the member is not ready, the first failing condition; `None` when it is ready.
+    pub fn not_ready_because(&self) -> Option<&'static str> {
+        if !self.database_ready.load(Ordering::Relaxed) {
+            Some("not ready: database unreachable\n")
+        } else if !self.in_group.load(Ordering::Relaxed) {
+            Some("not ready: not in the consumer group\n")
+        } else if !self.s3_readable.load(Ordering::Relaxed) {
+            Some("not ready: HeadObject of changed objects fails (see the log)\n")
+        } else {
+            None
+        }
     }
 }
 
@@ -247,11 +267,10 @@ fn respond(
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "")),
         "/healthz" if health.is_live() => text(StatusCode::OK, "ok\n"),
         "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "main loop stalled\n"),
-        "/readyz" if health.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: database unreachable or not in the consumer group\n",
-        ),
+        "/readyz" => match health.not_ready_because() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -273,6 +292,11 @@ mod tests {
         health.set_database_ready(true);
         assert!(!health.is_ready());
         health.set_in_group(true);
+        assert!(health.is_ready());
+        health.set_s3_readable(false);
+        assert!(!health.is_ready());
+        assert!(health.not_ready_because().unwrap().contains("HeadObject"));
+        health.set_s3_readable(true);
         assert!(health.is_ready());
         health.set_database_ready(false);
         assert!(!health.is_ready());

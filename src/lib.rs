@@ -8,6 +8,7 @@ pub mod batch;
 pub mod budget;
 pub mod config;
 pub mod dead_letter;
+pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod http;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseConfig, ListingConfig, RunConfig, Schema};
+use crate::enrich::Enricher;
 use crate::error::{Disposition, Error, SinkError};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -98,10 +100,14 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             shutdown_timeout: config.shutdown_timeout,
             write_lanes: config.write_concurrency,
             memory_budget: config.memory_budget,
+            decoding: config.decoding(),
         };
-        let consumed = Pipeline::new(consumer, rebalances, sink, metrics, health, settings)?
-            .run(shutdown.clone())
-            .await;
+        let enricher = enricher(&config, &metrics)?;
+        let consumed = Pipeline::new(
+            consumer, rebalances, sink, metrics, health, settings, enricher,
+        )?
+        .run(shutdown.clone())
+        .await;
         if let Some(reconciler) = reconciler {
             // Stopped by `services`: it writes what it read, then returns.
             services.cancel();
@@ -153,6 +159,25 @@ fn s3_client(config: &s3::S3Config) -> Result<s3::S3, Error> {
         s3::S3Error::Config(message) => Error::Config(message),
         other => Error::Config(other.to_string()),
     })
+}
+
+/// The reader of hinted objects, when events may need one and the S3 endpoint is set
+/// (`RunConfig::validate` refuses a configuration that always reads without one).
+fn enricher(config: &RunConfig, metrics: &Metrics) -> Result<Option<Arc<Enricher>>, Error> {
+    if !config.decoding().may_read() || config.s3.s3_endpoint.is_none() {
+        return Ok(None);
+    }
+    let s3 = s3_client(&config.s3)?;
+    tracing::info!(
+        enrich = ?config.enrich,
+        concurrency = config.enrich_concurrency,
+        "HeadObject enrichment on"
+    );
+    Ok(Some(Arc::new(Enricher::new(
+        s3,
+        config.enrich_concurrency,
+        metrics.clone(),
+    ))))
 }
 
 /// How long shutdown waits for a periodic reconcile to write what it read.

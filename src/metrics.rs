@@ -15,12 +15,12 @@ use prometheus::process_collector::ProcessCollector;
 /// `result` values of `objmeta_rows_written_total`.
 pub const ROW_RESULTS: [&str; 4] = ["upserted", "tombstoned", "stale", "rejected"];
 /// `reason` codes of `objmeta_dead_letters_total`: `event::ParseError::label`
-/// values plus `database_rejected`. A code missing here still works; its
-/// series just starts at its first dead letter.
-pub const DEAD_LETTER_REASONS: [&str; 12] = [
+/// values plus `database_rejected` and `unreadable_object` (enrichment). A code
+/// missing here still works; its series just starts at its first dead letter.
+pub const DEAD_LETTER_REASONS: [&str; 13] = [
     "empty",
     "invalid_json",
-    "not_minio_event",
+    "not_s3_event",
     "no_records",
     "bad_field",
     "missing_field",
@@ -30,6 +30,7 @@ pub const DEAD_LETTER_REASONS: [&str; 12] = [
     "nul_character",
     "bad_metadata",
     "database_rejected",
+    "unreadable_object",
 ];
 /// `result` values of `objmeta_offset_commits_total`.
 pub const COMMIT_RESULTS: [&str; 2] = ["ok", "error"];
@@ -47,6 +48,16 @@ pub const DATABASE_ERROR_KINDS: [&str; 7] = [
 pub const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "lost"];
 /// `result` values of `objmeta_reconcile_runs_total`.
 pub const RECONCILE_RESULTS: [&str; 3] = ["ok", "failed", "elsewhere"];
+/// `result` values of `objmeta_enrich_heads_total`: `found`, `gone` (404), or an
+/// `S3Error::kind_label`; the errors listed here start at zero.
+pub const ENRICH_RESULTS: [&str; 6] = [
+    "found",
+    "gone",
+    "access_denied",
+    "throttled",
+    "timeout",
+    "connection",
+];
 
 /// Handles to all metrics; cheap to clone (each handle is an `Arc`).
 #[derive(Clone)]
@@ -108,6 +119,12 @@ pub struct Metrics {
     pub reconcile_finished: GaugeVec,
     /// How long the last reconcile of a bucket took.
     pub reconcile_duration: GaugeVec,
+    /// Event records consumed, by the store that sent them and their family.
+    pub source_events: IntCounterVec,
+    /// HeadObject requests of enrichment, by result.
+    pub enrich_heads: IntCounterVec,
+    /// Latency of one enrichment HeadObject, errors included.
+    pub enrich_head_seconds: Histogram,
 }
 
 impl Metrics {
@@ -207,6 +224,23 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.005, 2.0, 18)?),
             )?,
+            source_events: counter_vec(
+                "objmeta_source_events_total",
+                "Event records consumed, by source (the store that sent them; unknown: not recognised, in a family that changes no rows) and family",
+                &["source", "family"],
+            )?,
+            enrich_heads: counter_vec(
+                "objmeta_enrich_heads_total",
+                "HeadObject requests of enrichment (reading an object's state where its event falls short), by result: found, gone (404) or the error kind",
+                &["result"],
+            )?,
+            enrich_head_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "objmeta_enrich_head_duration_seconds",
+                    "Time of one enrichment HeadObject request, errors included",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+            )?,
             reconcile_runs: counter_vec(
                 "objmeta_reconcile_runs_total",
                 "Periodic reconciles this member was due to run, by result (elsewhere: another replica held the lock)",
@@ -275,6 +309,9 @@ impl Metrics {
         for kind in REBALANCE_KINDS {
             self.rebalances.with_label_values(&[kind]);
         }
+        for result in ENRICH_RESULTS {
+            self.enrich_heads.with_label_values(&[result]);
+        }
         for result in RECONCILE_RESULTS {
             self.reconcile_runs.with_label_values(&[result]);
         }
@@ -314,6 +351,9 @@ impl Metrics {
             Box::new(self.reconcile_errors.clone()),
             Box::new(self.reconcile_finished.clone()),
             Box::new(self.reconcile_duration.clone()),
+            Box::new(self.source_events.clone()),
+            Box::new(self.enrich_heads.clone()),
+            Box::new(self.enrich_head_seconds.clone()),
         ];
         for collector in collectors {
             self.registry.register(collector)?;
@@ -380,6 +420,7 @@ mod tests {
             r#"objmeta_database_errors_total{kind="too_large"} 0"#,
             r#"objmeta_database_errors_total{kind="abandoned"} 0"#,
             r#"objmeta_rebalances_total{kind="lost"} 0"#,
+            r#"objmeta_enrich_heads_total{result="access_denied"} 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }

@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
 use crate::budget::Budget;
+use crate::enrich::Enricher;
 use crate::error::{Error, SinkError};
+use crate::event::Decoding;
 use crate::http::Health;
 use crate::kafka::{Committer, KafkaConsumer, RebalanceEvent};
 use crate::metrics::Metrics;
@@ -60,6 +62,8 @@ pub struct Settings {
     pub write_lanes: usize,
     /// Bytes of messages held between librdkafka's queue and the database.
     pub memory_budget: usize,
+    /// How messages are decoded (`--source`, `--enrich`).
+    pub decoding: Decoding,
 }
 
 /// The batch of some partitions, and the write of its previous one, if it
@@ -100,12 +104,18 @@ impl Pipeline {
         metrics: Metrics,
         health: Arc<Health>,
         settings: Settings,
+        enricher: Option<Arc<Enricher>>,
     ) -> Result<Self, Error> {
         let thread_error = |e: std::io::Error| Error::Config(format!("starting a thread: {e}"));
         let committer = Committer::spawn(consumer.clone()).map_err(thread_error)?;
         let budget = Budget::new(settings.memory_budget);
-        let (poller, messages) = Poller::spawn(consumer.clone(), metrics.clone(), budget.clone())
-            .map_err(thread_error)?;
+        let (poller, messages) = Poller::spawn(
+            consumer.clone(),
+            metrics.clone(),
+            budget.clone(),
+            settings.decoding,
+        )
+        .map_err(thread_error)?;
         let writer = Writer {
             sink,
             metrics: metrics.clone(),
@@ -113,6 +123,7 @@ impl Pipeline {
             retry_max_backoff: settings.retry_max_backoff,
             statement_bytes: Budget::statement_bytes(settings.memory_budget),
             abandon: CancellationToken::new(),
+            enricher,
         };
         let lanes = (0..settings.write_lanes.max(1))
             .map(|_| Lane::default())
@@ -277,13 +288,13 @@ impl Pipeline {
         written.record(&self.metrics);
         if let Err(e) = written.result {
             self.ledger.write_failed(&ticket);
-            if matches!(e, SinkError::Abandoned) {
+            if matches!(e, Error::Database(SinkError::Abandoned)) {
                 // Shutdown's deadline: nothing of it was committed, and its
                 // offsets are not; `drain` reports it.
                 self.abandoned += written.messages;
                 return Ok(());
             }
-            return Err(Error::Database(e));
+            return Err(e);
         }
         // Events sent before the write ended decide what is still ours.
         while let Ok(event) = self.rebalances.try_recv() {

@@ -35,7 +35,7 @@ use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use crate::batch::{Contribution, DeadLetter, Origin};
 use crate::budget::{Budget, Reservation};
-use crate::event;
+use crate::event::{self, Decoding};
 use crate::kafka::KafkaConsumer;
 use crate::metrics::Metrics;
 use crate::offsets::Epoch;
@@ -85,6 +85,7 @@ impl Poller {
         consumer: Arc<KafkaConsumer>,
         metrics: Metrics,
         budget: Budget,
+        decoding: Decoding,
     ) -> std::io::Result<(Self, Receiver<Polled>)> {
         let (sender, receiver) = channel(CHANNEL_CAPACITY);
         let stop = Arc::new(AtomicBool::new(false));
@@ -100,6 +101,7 @@ impl Poller {
                         sender: &sender,
                         runtime: &runtime,
                         budget: &budget,
+                        decoding,
                     };
                     feed.run(&stop);
                 }
@@ -138,6 +140,7 @@ struct Feed<'a> {
     sender: &'a Sender<Polled>,
     runtime: &'a tokio::runtime::Handle,
     budget: &'a Budget,
+    decoding: Decoding,
 }
 
 impl Feed<'_> {
@@ -178,7 +181,7 @@ impl Feed<'_> {
         match polled {
             Ok(message) => {
                 let bytes = message.payload_len() + message.key_len();
-                let (origin, contribution) = contribution(&message, self.metrics);
+                let (origin, contribution) = contribution(&message, self.metrics, &self.decoding);
                 Some(Ok(Consumed {
                     origin,
                     epoch,
@@ -301,14 +304,25 @@ fn update_pause(
 }
 
 /// Turns one message into what it contributes to a batch, counting its
-/// records by family and outcome.
-fn contribution(message: &BorrowedMessage<'_>, metrics: &Metrics) -> (Origin, Contribution) {
+/// records by family and outcome, and by store.
+fn contribution(
+    message: &BorrowedMessage<'_>,
+    metrics: &Metrics,
+    decoding: &Decoding,
+) -> (Origin, Contribution) {
     let origin = Origin {
         partition: message.partition(),
         offset: message.offset(),
     };
-    match event::parse(message.payload()) {
+    match event::parse_with(message.payload(), decoding) {
         Ok(parsed) => {
+            for (store, family) in &parsed.seen {
+                let source = store.map_or("unknown", event::Store::label);
+                metrics
+                    .source_events
+                    .with_label_values(&[source, family.label()])
+                    .inc();
+            }
             for family in &parsed.skipped {
                 metrics
                     .events

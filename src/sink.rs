@@ -16,7 +16,7 @@ use crate::batch::{deletes_one_version, DeadLetter, Origin, WriteBatch};
 use crate::config::DatabaseConfig;
 use crate::dead_letter::{insert_dead_letters, DeadLetterCounts};
 use crate::error::{Disposition, SinkError};
-use crate::event::{Action, Change};
+use crate::event::{Action, Basis, Change};
 use crate::http::Attempt;
 use crate::split::{halves, Plan, Step};
 use crate::tls::TlsSettings;
@@ -61,8 +61,9 @@ macro_rules! merge_into_stored {
 }
 pub(crate) use merge_into_stored;
 
-/// Upserts a batch of object rows (one per object, reduced by batch.rs),
-/// each merged into the stored one by [`merge_into_stored`]; that a merge
+/// Upserts a batch of object rows (one per object, reduced by batch.rs; an
+/// enriched one is a read of the bucket, with `read_at`), each merged into
+/// the stored one by [`merge_into_stored`]; that a merge
 /// which changes nothing writes nothing is what makes redelivered events
 /// cheap. Returns how many rows became, or stayed, live and how many not.
 pub const UPSERT_SQL: &str = concat!(
@@ -71,18 +72,18 @@ WITH incoming AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
-        $12::timestamptz[], $13::int4[], $14::int8[], $15::text[]
+        $12::timestamptz[], $13::int4[], $14::int8[], $15::text[], $16::timestamptz[]
     ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
            system_metadata, event_name, event_time, sequencer, deleted_at,
-           kafka_partition, kafka_offset, deleted_versions)
+           kafka_partition, kafka_offset, deleted_versions, read_at)
 ), written AS (
     INSERT INTO object_metadata AS t (
         bucket, key, version_id, size, etag, content_type, user_metadata,
         system_metadata, event_name, event_time, sequencer, deleted_at,
-        kafka_partition, kafka_offset, deleted_versions, updated_at)
+        kafka_partition, kafka_offset, deleted_versions, read_at, updated_at)
     SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
            i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at,
-           i.kafka_partition, i.kafka_offset, i.deleted_versions::jsonb, now()
+           i.kafka_partition, i.kafka_offset, i.deleted_versions::jsonb, i.read_at, now()
     FROM incoming i"#,
     merge_into_stored!(),
     r#"
@@ -287,6 +288,16 @@ impl Sink {
     }
 
     /// Checks that a connection can be made and used (readiness).
+    /// The database's clock now: what reads of the bucket are versioned by (`read_at`).
+    pub async fn now(&self) -> Result<time::OffsetDateTime, SinkError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(SinkError::pool("getting a connection"))?;
+        database_now(&client).await
+    }
+
     pub async fn ping(&self) -> Result<(), SinkError> {
         let client = self
             .pool
@@ -400,6 +411,7 @@ pub struct UpsertColumns<'a> {
     pub kafka_partition: Vec<Option<i32>>,
     pub kafka_offset: Vec<Option<i64>>,
     pub deleted_versions: Vec<&'a str>,
+    pub read_at: Vec<Option<time::OffsetDateTime>>,
 }
 
 /// The rows of a batch (or of a part of it), as the upsert takes them.
@@ -455,6 +467,7 @@ impl<'a> UpsertColumns<'a> {
             kafka_partition: Vec::with_capacity(n),
             kafka_offset: Vec::with_capacity(n),
             deleted_versions: Vec::with_capacity(n),
+            read_at: Vec::with_capacity(n),
         };
         for ((change, origin), deleted_versions) in rows
             .changes
@@ -468,7 +481,7 @@ impl<'a> UpsertColumns<'a> {
     }
 
     /// The statement's parameters, `$1` to `$15`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.bucket,
             &self.key,
@@ -485,6 +498,7 @@ impl<'a> UpsertColumns<'a> {
             &self.kafka_partition,
             &self.kafka_offset,
             &self.deleted_versions,
+            &self.read_at,
         ]
     }
 
@@ -492,6 +506,10 @@ impl<'a> UpsertColumns<'a> {
         self.bucket.push(&change.object.bucket);
         self.key.push(&change.object.key);
         self.deleted_versions.push(deleted_versions);
+        self.read_at.push(match change.basis {
+            Basis::Read { at } => Some(at),
+            Basis::Event | Basis::Hint => None,
+        });
         if deletes_one_version(change) {
             // No current state in this batch: the version delete is in
             // `deleted_versions`; the current columns stay empty.
@@ -564,6 +582,17 @@ async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteRepo
     })
 }
 
+/// The database's clock (`clock_timestamp()`, not the transaction's start), read on `client`.
+pub(crate) async fn database_now(
+    client: &impl GenericClient,
+) -> Result<time::OffsetDateTime, SinkError> {
+    let row = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .map_err(SinkError::postgres("reading the database clock"))?;
+    Ok(row.get(0))
+}
+
 /// A count PostgreSQL returned (bigint), as the u64 objmeta counts in.
 pub(crate) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
@@ -580,16 +609,31 @@ pub(crate) fn signed(n: u64) -> i64 {
 /// the change's record, so that two refused records of one message are
 /// both kept.
 fn refused_row(batch: &WriteBatch, index: usize, error: &SinkError) -> DeadLetter {
-    let change = &batch.changes[index];
-    let origin = batch.origins[index];
+    let reason = format!("database refused the row: {}", database_reason(error));
+    change_dead_letter(
+        &batch.changes[index],
+        batch.origins[index],
+        "database_rejected",
+        reason,
+    )
+}
+
+/// A change that cannot be written, as a dead letter keyed by its record and carrying the
+/// change as JSON (the message's payload is not kept in memory once parsed).
+pub(crate) fn change_dead_letter(
+    change: &Change,
+    origin: Origin,
+    code: &'static str,
+    reason: String,
+) -> DeadLetter {
     let message_key = format!("{}/{}", change.object.bucket, change.object.key);
     DeadLetter {
         origin,
         record: change.record,
-        code: "database_rejected",
+        code,
         message_key: Some(message_key.into_bytes()),
         payload: Some(change_as_json(change).to_string().into_bytes()),
-        reason: format!("database refused the row: {}", database_reason(error)),
+        reason,
     }
 }
 

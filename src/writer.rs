@@ -1,8 +1,10 @@
-//! The batch writer: one spawned task per batch write, retrying retriable
-//! database errors with capped, jittered backoff (in smaller statements when
-//! the batch may be too big, see `split`), and the metrics that a finished
-//! write reports. Every attempt is registered with `Health`, so a member
-//! that retries stays alive and one whose attempt hangs does not.
+//! The batch writer: one spawned task per batch write. It first reads the
+//! objects whose events are only hints (`enrich`), retrying failed reads,
+//! then writes, retrying retriable database errors with capped, jittered
+//! backoff (in smaller statements when the batch may be too big, see
+//! `split`), and reports the metrics of a finished write. Every attempt is
+//! registered with `Health`, so a member that retries stays alive and one
+//! whose attempt hangs does not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +13,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::WriteBatch;
-use crate::error::{Disposition, SinkError};
+use crate::enrich::{EnrichError, Enricher};
+use crate::error::{Disposition, Error, SinkError};
+use crate::event::Basis;
 use crate::event::EventFamily;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -29,7 +33,7 @@ pub struct Written {
     /// Messages the batch holds (reported when shutdown abandoned it).
     pub messages: u64,
     families: HashMap<EventFamily, u64>,
-    pub result: Result<WriteReport, SinkError>,
+    pub result: Result<WriteReport, Error>,
 }
 
 impl Written {
@@ -39,11 +43,11 @@ impl Written {
             lane,
             messages: 0,
             families: HashMap::new(),
-            result: Err(SinkError::Pool {
+            result: Err(Error::Database(SinkError::Pool {
                 context: "batch writer task",
                 message: error.to_string(),
                 disposition: Disposition::Fatal,
-            }),
+            })),
         }
     }
 
@@ -88,45 +92,19 @@ pub struct Writer {
     /// Cancelled at the shutdown deadline: abandons the retries and the
     /// attempt in flight (its statement is cancelled, nothing of it commits).
     pub abandon: CancellationToken,
+    /// Reads the objects of hints; `None` without an S3 endpoint.
+    pub enricher: Option<Arc<Enricher>>,
 }
 
 impl Writer {
-    /// Writes one batch, retrying retriable failures until it succeeds, a
-    /// fatal error occurs, or shutdown abandons it (`SinkError::Abandoned`).
-    pub async fn write(self, lane: usize, batch: WriteBatch) -> Written {
+    /// Reads the batch's hints, then writes it, retrying retriable failures
+    /// until it succeeds, a fatal error occurs, or shutdown abandons it
+    /// (`SinkError::Abandoned`).
+    pub async fn write(self, lane: usize, mut batch: WriteBatch) -> Written {
         let started = Instant::now();
-        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
-        let mut plan = Plan::with_budget(&batch.changes, self.statement_bytes);
-        let result = loop {
-            let attempt = self.health.attempt();
-            let written = tokio::select! {
-                biased;
-                _ = self.abandon.cancelled() => break Err(SinkError::Abandoned),
-                written = self.sink.write_attempt(&batch, &mut plan, &attempt) => written,
-            };
-            drop(attempt);
-            let error = match written {
-                Ok(report) => {
-                    self.health.set_database_ready(true);
-                    record_delays(&batch, &self.metrics);
-                    break Ok(report);
-                }
-                Err(e) => e,
-            };
-            self.metrics
-                .db_errors
-                .with_label_values(&[error.kind_label()])
-                .inc();
-            if !error.is_retried() {
-                break Err(error);
-            }
-            self.health.set_database_ready(false);
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %error, retry_in = ?delay, rows = batch.changes.len(), "batch write failed, retrying");
-            tokio::select! {
-                _ = self.abandon.cancelled() => break Err(SinkError::Abandoned),
-                _ = tokio::time::sleep(delay) => self.metrics.db_retries.inc(),
-            }
+        let result = match self.enrich(&mut batch).await {
+            Ok(()) => self.store(&batch).await.map_err(Error::Database),
+            Err(e) => Err(e),
         };
         self.metrics
             .flush_seconds
@@ -136,6 +114,91 @@ impl Writer {
             messages: batch.messages,
             families: batch.families,
             result,
+        }
+    }
+
+    /// Replaces every hint of the batch by a read of its object, retrying
+    /// with backoff until all are read: nothing of the batch is written (and
+    /// no offset committed) before. While reads fail the member is not ready.
+    async fn enrich(&self, batch: &mut WriteBatch) -> Result<(), Error> {
+        if !batch.changes.iter().any(|c| c.basis == Basis::Hint) {
+            return Ok(());
+        }
+        let Some(enricher) = &self.enricher else {
+            return Err(Error::Config(
+                "events of a store that sends no user metadata or no usable order (versitygw, \
+                 AWS) need HeadObject: set S3_ENDPOINT (--s3-endpoint) and its keys, or \
+                 --enrich never to write such events as they are"
+                    .to_string(),
+            ));
+        };
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
+        loop {
+            let attempt = self.health.attempt();
+            let round = tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => return Err(Error::Database(SinkError::Abandoned)),
+                round = enricher.read_hints(batch, &self.sink, &attempt) => round,
+            };
+            drop(attempt);
+            let error = match round {
+                Ok(()) => {
+                    self.health.set_s3_readable(true);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            match &error {
+                EnrichError::S3(e) if !e.is_retriable() => {
+                    self.health.set_s3_readable(false);
+                    tracing::error!(error = %error, retry_in = ?delay, "cannot read a changed object; its batch waits (offsets not committed)");
+                }
+                _ => {
+                    tracing::warn!(error = %error, retry_in = ?delay, "reading changed objects failed, retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.abandon.cancelled() => return Err(Error::Database(SinkError::Abandoned)),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Writes the batch, retrying as the module documentation says.
+    async fn store(&self, batch: &WriteBatch) -> Result<WriteReport, SinkError> {
+        let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
+        let mut plan = Plan::with_budget(&batch.changes, self.statement_bytes);
+        loop {
+            let attempt = self.health.attempt();
+            let written = tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
+                written = self.sink.write_attempt(batch, &mut plan, &attempt) => written,
+            };
+            drop(attempt);
+            let error = match written {
+                Ok(report) => {
+                    self.health.set_database_ready(true);
+                    record_delays(batch, &self.metrics);
+                    return Ok(report);
+                }
+                Err(e) => e,
+            };
+            self.metrics
+                .db_errors
+                .with_label_values(&[error.kind_label()])
+                .inc();
+            if !error.is_retried() {
+                return Err(error);
+            }
+            self.health.set_database_ready(false);
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %error, retry_in = ?delay, rows = batch.changes.len(), "batch write failed, retrying");
+            tokio::select! {
+                _ = self.abandon.cancelled() => return Err(SinkError::Abandoned),
+                _ = tokio::time::sleep(delay) => self.metrics.db_retries.inc(),
+            }
         }
     }
 }

@@ -1,15 +1,20 @@
-//! MinIO bucket notifications: the wire model of a Kafka message and its conversion into
-//! per-object changes. Pure: no I/O, no clock, no logging.
+//! Bucket notifications of S3 stores: the wire model of a Kafka message and its conversion
+//! into per-object changes. Pure: no I/O, no clock, no logging.
 //!
 //! The wire structs mirror MinIO's Go types (`internal/event/event.go`) field for field and in
-//! Go's order, so `produce` can publish byte-compatible messages from the same model. When
-//! parsing, only the fields objmeta uses are read; every other field (known or not) is skipped
-//! without allocating, because this parser sees ~100k messages a second.
+//! Go's order, so `produce` can publish byte-compatible messages from the same model; the
+//! other stores' records share MinIO's shape closely enough to be read by the same structs,
+//! and what differs between stores (envelope, key encoding, metadata shape, sequencer, and
+//! whether an event can be trusted for the object's state) is decided per record by
+//! [`source`]. When parsing, only the fields objmeta uses are read; every other field (known
+//! or not) is skipped without allocating, because this parser sees ~100k messages a second.
 
 mod escape;
+mod source;
 mod wire;
 
 pub use escape::{query_escape, query_unescape};
+pub use source::{Decoding, Enrich, SourceChoice, Store};
 pub use wire::{Bucket, Envelope, Identity, Object, Record, Source, UserMetadata, S3};
 
 use serde::de::DeserializeSeed;
@@ -19,7 +24,7 @@ use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use wire::EnvelopeSeed;
+use wire::{Detail, Document, EnvelopeSeed};
 
 /// One object of one bucket. `key` is the decoded object name (what S3 clients use), never the
 /// query-escaped form found in `s3.object.key`.
@@ -33,15 +38,34 @@ pub struct ObjectId {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     pub object: ObjectId,
-    /// The record's `eventName`, e.g. `s3:ObjectCreated:Put`.
+    /// The record's `eventName` in one form for every store, with the `s3:` prefix
+    /// (`s3:ObjectCreated:Put`; Ceph and AWS send it without), or `objmeta:Enrich` once
+    /// the state was read from the store.
     pub event_name: String,
     pub event_time: OffsetDateTime,
-    /// MinIO's hex sequencer as a number: orders the events of one object (newer or equal wins).
+    /// The store's sequencer as a number (`Store::sequencer`): orders the events of one
+    /// object (newer or equal wins). For a read, Last-Modified in whole seconds as ns.
     pub sequencer: i64,
     pub action: Action,
     /// Index of the record in its message's `Records`: with the message's
     /// partition and offset it names the record, e.g. in a dead letter.
     pub record: u32,
+    /// What the change's state rests on.
+    pub basis: Basis,
+}
+
+/// Where a change's state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Basis {
+    /// The event itself: its state and its sequencer are written as they are.
+    #[default]
+    Event,
+    /// The event only says that the object changed: its state must be read from the store
+    /// (HeadObject) before the change is written (`--enrich`).
+    Hint,
+    /// The store's answer to a read started at this time (database clock): the state is
+    /// what the store said, versioned like a backfill's read (sql/0004).
+    Read { at: OffsetDateTime },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +150,8 @@ pub enum EventFamily {
     Transition,
     Scanner,
     Bucket,
+    /// `s3:TestEvent`: sent by versitygw at start and by AWS on configuration.
+    Test,
     Other,
 }
 
@@ -140,26 +166,39 @@ impl EventFamily {
             Self::Transition => "transition",
             Self::Scanner => "scanner",
             Self::Bucket => "bucket",
+            Self::Test => "test",
             Self::Other => "other",
         }
     }
 
-    /// The family of an event name, from its second segment (`s3:<Family>:<Operation>`).
-    /// Names that are not of that shape are `Other`.
+    /// The family of an event name, from its first segment after the optional `s3:` prefix
+    /// (`[s3:]<Family>:<Operation>`). Names of no known family are `Other`.
     pub fn of(event_name: &str) -> EventFamily {
-        let family = event_name
-            .strip_prefix("s3:")
-            .and_then(|rest| rest.split_once(':'))
-            .map_or("", |(family, _)| family);
-        match family {
-            "ObjectCreated" => Self::Created,
-            "ObjectRemoved" | "LifecycleDelMarkerExpiration" => Self::Removed,
-            "ObjectAccessed" => Self::Accessed,
-            "ObjectReplication" | "Replication" => Self::Replication,
-            "ObjectRestore" => Self::Restore,
-            "ObjectTransition" => Self::Transition,
-            "Scanner" => Self::Scanner,
-            "BucketCreated" | "BucketRemoved" => Self::Bucket,
+        let name = event_name.strip_prefix("s3:").unwrap_or(event_name);
+        let mut segments = name.split(':');
+        let family = segments.next().unwrap_or_default();
+        let operation = segments.next();
+        match (family, operation) {
+            ("TestEvent", None) => Self::Test,
+            (_, None) => Self::Other,
+            // AWS names tagging events apart; MinIO counts them as creations.
+            ("ObjectCreated" | "ObjectTagging", _) => Self::Created,
+            ("ObjectRemoved" | "LifecycleDelMarkerExpiration" | "LifecycleExpiration", _) => {
+                Self::Removed
+            }
+            // Ceph: ObjectLifecycle:Expiration:* and ObjectLifecycle:Transition:*; an
+            // aborted multipart upload was never an object.
+            ("ObjectLifecycle", Some("Expiration")) if segments.next() == Some("AbortMPU") => {
+                Self::Other
+            }
+            ("ObjectLifecycle", Some("Expiration")) => Self::Removed,
+            ("ObjectLifecycle" | "ObjectTransition" | "LifecycleTransition", _) => Self::Transition,
+            ("IntelligentTiering", _) => Self::Transition,
+            ("ObjectAccessed", _) => Self::Accessed,
+            ("ObjectReplication" | "Replication" | "ObjectSynced", _) => Self::Replication,
+            ("ObjectRestore", _) => Self::Restore,
+            ("Scanner", _) => Self::Scanner,
+            ("BucketCreated" | "BucketRemoved", _) => Self::Bucket,
             _ => Self::Other,
         }
     }
@@ -170,12 +209,27 @@ impl EventFamily {
     }
 }
 
+/// Whether a removal with a version id removes only that version, which leaves the object
+/// in place unless it is the current one: a delete of one version (`ObjectRemoved:Delete`),
+/// or Ceph's lifecycle expiration of a noncurrent version.
+fn removes_one_version(event_name: &str) -> bool {
+    let name = event_name.strip_prefix("s3:").unwrap_or(event_name);
+    matches!(
+        name,
+        "ObjectRemoved:Delete" | "ObjectLifecycle:Expiration:Noncurrent"
+    )
+}
+
 /// What one Kafka message holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Parsed {
     pub changes: Vec<Change>,
-    /// One entry per record of a family that does not change object rows (read, replication, …).
+    /// One entry per record of a family that does not change object rows (read, replication,
+    /// test, …).
     pub skipped: Vec<EventFamily>,
+    /// Every record's store (`None`: not recognised, in a family that changes no rows) and
+    /// family, for metrics.
+    pub seen: Vec<(Option<Store>, EventFamily)>,
 }
 
 /// Why a message cannot be turned into changes. The caller dead-letters the message with its
@@ -188,10 +242,12 @@ pub enum ParseError {
     InvalidJson(serde_json::Error),
     #[error("invalid JSON: not UTF-8 (first bad byte at offset {valid_up_to})")]
     InvalidUtf8 { valid_up_to: usize },
-    #[error("not a MinIO event notification: {0}")]
-    NotMinioEvent(String),
-    #[error("not a MinIO event notification: \"Records\" is an empty array")]
+    #[error("not an S3 event notification: {0}")]
+    NotS3Event(String),
+    #[error("not an S3 event notification: \"Records\" is an empty array")]
     NoRecords,
+    #[error("{event_source:?} is not the eventSource of a supported store (minio:s3, rustfs:s3, ceph:s3, aws:s3); --source names the store of a topic")]
+    UnknownStore { event_source: String },
     /// Something is wrong in record `index` of `Records`.
     #[error("record {index}: {error}")]
     Record {
@@ -209,8 +265,6 @@ pub enum ParseError {
     WrongType(String),
     #[error("missing or empty")]
     Missing,
-    #[error("{name:?} is not a MinIO event name (those start with \"s3:\")")]
-    NotS3EventName { name: String },
     #[error("invalid escape {escape:?}")]
     InvalidEscape { escape: String },
     #[error("unescaped bytes are not valid UTF-8")]
@@ -227,13 +281,13 @@ pub enum ParseError {
 
 impl ParseError {
     /// Short fixed reason code for a metrics label; wrappers report their cause's code. One of
-    /// `empty`, `invalid_json`, `not_minio_event`, `no_records`, `bad_field`, `missing_field`,
+    /// `empty`, `invalid_json`, `not_s3_event`, `no_records`, `bad_field`, `missing_field`,
     /// `bad_key`, `bad_sequencer`, `bad_event_time`, `nul_character`, `bad_metadata`.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Empty => "empty",
             Self::InvalidJson(_) | Self::InvalidUtf8 { .. } => "invalid_json",
-            Self::NotMinioEvent(_) | Self::NotS3EventName { .. } => "not_minio_event",
+            Self::NotS3Event(_) | Self::UnknownStore { .. } => "not_s3_event",
             Self::NoRecords => "no_records",
             Self::Record { error, .. } | Self::Field { error, .. } => error.label(),
             Self::WrongType(_) => "bad_field",
@@ -255,6 +309,12 @@ impl ParseError {
     }
 }
 
+/// Parses one Kafka message value with the default decoding (every store recognised,
+/// `--enrich auto`); see [`parse_with`].
+pub fn parse(payload: Option<&[u8]>) -> Result<Parsed, ParseError> {
+    parse_with(payload, &Decoding::default())
+}
+
 /// Parses one Kafka message value (`None` is a tombstone) into the changes it carries.
 ///
 /// Every record must be valid, or the whole message is an error naming the record: a message is
@@ -262,38 +322,76 @@ impl ParseError {
 /// any stored text (bucket, key, event name, version, eTag, content type, metadata key or
 /// value) is rejected here, because PostgreSQL text and jsonb cannot store it and the batch
 /// write would otherwise fail for every message in it. Records of families that change no rows
-/// are only counted in `skipped`; they need no bucket, key or sequencer.
-pub fn parse(payload: Option<&[u8]>) -> Result<Parsed, ParseError> {
+/// are only counted in `skipped`; they need no bucket, key or sequencer. A test message
+/// (`s3:TestEvent`, no records) is a skipped record of the `test` family.
+pub fn parse_with(payload: Option<&[u8]>, decoding: &Decoding) -> Result<Parsed, ParseError> {
     let bytes = payload
         .filter(|bytes| !bytes.iter().all(u8::is_ascii_whitespace))
         .ok_or(ParseError::Empty)?;
-    let records = deserialize_records(bytes)?;
+    let document = deserialize_document(bytes)?;
+    if let Some(detail) = &document.detail {
+        return eventbridge(&document, detail, decoding);
+    }
+    let Some(records) = &document.records else {
+        return test_message(&document, decoding);
+    };
     if records.is_empty() {
         return Err(ParseError::NoRecords);
     }
     let mut parsed = Parsed {
         changes: Vec::with_capacity(records.len()),
-        skipped: Vec::new(),
+        ..Parsed::default()
     };
     for (index, record) in records.iter().enumerate() {
-        let outcome = convert(record, index).map_err(|error| ParseError::Record {
-            index,
-            error: Box::new(error),
-        })?;
+        let (store, outcome) =
+            convert(record, index, document.minio_envelope, decoding).map_err(|error| {
+                ParseError::Record {
+                    index,
+                    error: Box::new(error),
+                }
+            })?;
         match outcome {
-            Ok(change) => parsed.changes.push(change),
-            Err(family) => parsed.skipped.push(family),
+            Ok(change) => {
+                parsed
+                    .seen
+                    .push((store, EventFamily::of(&change.event_name)));
+                parsed.changes.push(change);
+            }
+            Err(family) => {
+                parsed.seen.push((store, family));
+                parsed.skipped.push(family);
+            }
         }
     }
     Ok(parsed)
 }
 
-/// Reads `Records` of the envelope, telling apart broken JSON, a document that is not a MinIO
+/// A message without records: the test message of versitygw or AWS, or not a notification.
+fn test_message(document: &Document<'_>, decoding: &Decoding) -> Result<Parsed, ParseError> {
+    if document.event.as_deref() != Some("s3:TestEvent") {
+        return Err(ParseError::NotS3Event(
+            "no \"Records\" (nor EventBridge's \"detail\", nor a test message's \"Event\")"
+                .to_string(),
+        ));
+    }
+    let store = match decoding.source {
+        SourceChoice::Only(store) => store,
+        SourceChoice::Auto if document.service.as_deref() == Some("Amazon S3") => Store::Aws,
+        SourceChoice::Auto => Store::Versitygw,
+    };
+    Ok(Parsed {
+        changes: Vec::new(),
+        skipped: vec![EventFamily::Test],
+        seen: vec![(Some(store), EventFamily::Test)],
+    })
+}
+
+/// Reads the message's [`Document`], telling apart broken JSON, a document that is not a
 /// notification, and a record with a wrongly typed field (named by its index).
 ///
 /// The payload is validated as UTF-8 up front, because serde_json does not check the strings it
 /// skips; parsing from `&str` then avoids validating the strings it reads a second time.
-fn deserialize_records(bytes: &[u8]) -> Result<Vec<Record<'_>>, ParseError> {
+fn deserialize_document(bytes: &[u8]) -> Result<Document<'_>, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ParseError::InvalidUtf8 {
         valid_up_to: e.valid_up_to(),
     })?;
@@ -301,62 +399,179 @@ fn deserialize_records(bytes: &[u8]) -> Result<Vec<Record<'_>>, ParseError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let result = EnvelopeSeed { current: &current }
         .deserialize(&mut deserializer)
-        .and_then(|records| deserializer.end().map(|()| records));
+        .and_then(|document| deserializer.end().map(|()| document));
     result.map_err(|error| match (error.classify(), current.get()) {
         (serde_json::error::Category::Data, Some(index)) => ParseError::Record {
             index,
             error: Box::new(ParseError::WrongType(error.to_string())),
         },
-        (serde_json::error::Category::Data, None) => ParseError::NotMinioEvent(error.to_string()),
+        (serde_json::error::Category::Data, None) => ParseError::NotS3Event(error.to_string()),
         _ => ParseError::InvalidJson(error),
     })
 }
 
-/// A record's change, or its family when it changes no rows.
-fn convert(record: &Record<'_>, index: usize) -> Result<Result<Change, EventFamily>, ParseError> {
-    let name = &record.event_name;
-    if !name.starts_with("s3:") {
-        let error = ParseError::NotS3EventName {
-            name: name.to_string(),
-        };
-        return Err(ParseError::at("eventName")(error));
-    }
-    let family = EventFamily::of(name);
+/// The store of a record and its change, or its family when it changes no rows.
+type Converted = (Option<Store>, Result<Change, EventFamily>);
+
+fn convert(
+    record: &Record<'_>,
+    index: usize,
+    minio_envelope: bool,
+    decoding: &Decoding,
+) -> Result<Converted, ParseError> {
+    let name = required_text(&record.event_name).map_err(ParseError::at("eventName"))?;
+    let family = EventFamily::of(&name);
+    let store = decoding.store(&record.event_source, &name, minio_envelope);
     if !family.changes_objects() {
-        return Ok(Err(family));
+        return Ok((store.ok(), Err(family)));
     }
-    no_nul(name).map_err(ParseError::at("eventName"))?;
-    let object = object_id(&record.s3)?;
+    let store = store.map_err(ParseError::at("eventSource"))?;
+    let object = object_id(
+        store,
+        &record.s3.bucket.name,
+        &record.s3.object.key,
+        ("s3.bucket.name", "s3.object.key"),
+    )?;
     let event_time = parse_event_time(&record.event_time).map_err(ParseError::at("eventTime"))?;
-    let sequencer = parse_sequencer(&record.s3.object.sequencer)
+    let sequencer = store
+        .sequencer(&record.s3.object.sequencer, event_time)
         .map_err(ParseError::at("s3.object.sequencer"))?;
     let version_id = optional_text(&record.s3.object.version_id)
         .map_err(ParseError::at("s3.object.versionId"))?;
-    let action = if family == EventFamily::Created {
-        Action::Upsert(object_state(&record.s3.object, version_id)?)
-    } else {
-        Action::Remove {
-            only_if_current_version: name == "s3:ObjectRemoved:Delete" && version_id.is_some(),
+    let reads = decoding.reads_state(store);
+    let action = match family {
+        EventFamily::Created => Action::Upsert(object_state(&record.s3.object, version_id)?),
+        _ => Action::Remove {
+            only_if_current_version: !reads && removes_one_version(&name) && version_id.is_some(),
             version_id,
-        }
+        },
     };
-    Ok(Ok(Change {
+    let change = Change {
         object,
-        event_name: name.to_string(),
+        event_name: with_s3_prefix(name),
         event_time,
         sequencer,
         action,
         // No message holds 2^32 records; saturating keeps this total.
         record: u32::try_from(index).unwrap_or(u32::MAX),
-    }))
+        basis: if reads { Basis::Hint } else { Basis::Event },
+    };
+    Ok((Some(store), Ok(change)))
 }
 
-fn object_id(s3: &S3<'_>) -> Result<ObjectId, ParseError> {
-    let bucket = required_text(&s3.bucket.name).map_err(ParseError::at("s3.bucket.name"))?;
-    let key = required_text(&s3.object.key)
-        .and_then(|escaped| query_unescape(&escaped))
+/// An event name in the form every store's names are stored in: `s3:` first.
+fn with_s3_prefix(name: String) -> String {
+    match name.starts_with("s3:") {
+        true => name,
+        false => format!("s3:{name}"),
+    }
+}
+
+/// An EventBridge event of S3 (`"source": "aws.s3"`): one change, named as AWS names the
+/// event records of the same operation, its key decoded as AWS's records are.
+fn eventbridge(
+    document: &Document<'_>,
+    detail: &Detail<'_>,
+    decoding: &Decoding,
+) -> Result<Parsed, ParseError> {
+    if document.source.as_deref() != Some("aws.s3") {
+        let source = document.source.as_deref().unwrap_or_default();
+        return Err(ParseError::NotS3Event(format!(
+            "an EventBridge event from {source:?}, not \"aws.s3\""
+        )));
+    }
+    let detail_type = document.detail_type.as_deref().unwrap_or_default();
+    let name = eventbridge_name(detail_type, &detail.reason, &detail.deletion_type);
+    let family = EventFamily::of(&name);
+    if !family.changes_objects() {
+        return Ok(Parsed {
+            changes: Vec::new(),
+            skipped: vec![family],
+            seen: vec![(Some(Store::Aws), family)],
+        });
+    }
+    let object = object_id(
+        Store::Aws,
+        &detail.bucket.name,
+        &detail.object.key,
+        ("detail.bucket.name", "detail.object.key"),
+    )?;
+    let event_time = parse_event_time(document.time.as_deref().unwrap_or_default())
+        .map_err(ParseError::at("time"))?;
+    let sequencer = Store::Aws
+        .sequencer(&detail.object.sequencer, event_time)
+        .map_err(ParseError::at("detail.object.sequencer"))?;
+    let version_id = optional_text(&detail.object.version_id)
+        .map_err(ParseError::at("detail.object.version-id"))?;
+    let reads = decoding.reads_state(Store::Aws);
+    let action = match family {
+        EventFamily::Created => Action::Upsert(ObjectState {
+            version_id,
+            size: detail.object.size,
+            etag: optional_text(&detail.object.etag)
+                .map_err(ParseError::at("detail.object.etag"))?
+                .as_deref()
+                .and_then(unquote_etag),
+            ..ObjectState::default()
+        }),
+        _ => Action::Remove {
+            only_if_current_version: !reads && removes_one_version(&name) && version_id.is_some(),
+            version_id,
+        },
+    };
+    let change = Change {
+        object,
+        event_name: name,
+        event_time,
+        sequencer,
+        action,
+        record: 0,
+        basis: if reads { Basis::Hint } else { Basis::Event },
+    };
+    Ok(Parsed {
+        changes: vec![change],
+        skipped: Vec::new(),
+        seen: vec![(Some(Store::Aws), family)],
+    })
+}
+
+/// The event-record name of an EventBridge event: `Object Created` with reason
+/// `CopyObject` is `s3:ObjectCreated:Copy`, `Object Deleted` of a delete marker is
+/// `s3:ObjectRemoved:DeleteMarkerCreated`, and so on. Other detail types keep their name
+/// (e.g. `s3:Object Restore Completed`), in no family that changes rows.
+fn eventbridge_name(detail_type: &str, reason: &str, deletion_type: &str) -> String {
+    let operation = match reason {
+        "PutObject" => "Put",
+        "POST Object" => "Post",
+        "CopyObject" => "Copy",
+        other => other,
+    };
+    match detail_type {
+        "Object Created" => format!("s3:ObjectCreated:{operation}"),
+        "Object Deleted" if deletion_type == "Delete Marker Created" => {
+            "s3:ObjectRemoved:DeleteMarkerCreated".to_string()
+        }
+        "Object Deleted" if reason == "Lifecycle Expiration" => {
+            "s3:LifecycleExpiration:Delete".to_string()
+        }
+        "Object Deleted" => "s3:ObjectRemoved:Delete".to_string(),
+        "Object Tags Added" => "s3:ObjectTagging:Put".to_string(),
+        "Object Tags Deleted" => "s3:ObjectTagging:Delete".to_string(),
+        other => format!("s3:{other}"),
+    }
+}
+
+fn object_id(
+    store: Store,
+    bucket: &str,
+    key: &str,
+    fields: (&'static str, &'static str),
+) -> Result<ObjectId, ParseError> {
+    let bucket = required_text(bucket).map_err(ParseError::at(fields.0))?;
+    let key = required_text(key)
+        .and_then(|wire| store.decode_key(&wire))
         .and_then(|key| no_nul(&key).map(|()| key))
-        .map_err(ParseError::at("s3.object.key"))?;
+        .map_err(ParseError::at(fields.1))?;
     Ok(ObjectId { bucket, key })
 }
 
@@ -368,11 +583,14 @@ fn object_state(
         let error = ParseError::WrongType("a size cannot be negative".to_string());
         return Err(ParseError::at("s3.object.size")(error));
     }
-    let (user_metadata, system_metadata) = split_metadata(&object.user_metadata)?;
+    let (user_metadata, system_metadata) = split_metadata(object)?;
     Ok(ObjectState {
         version_id,
         size: object.size,
-        etag: optional_text(&object.e_tag).map_err(ParseError::at("s3.object.eTag"))?,
+        etag: optional_text(&object.e_tag)
+            .map_err(ParseError::at("s3.object.eTag"))?
+            .as_deref()
+            .and_then(unquote_etag),
         content_type: optional_text(&object.content_type)
             .map_err(ParseError::at("s3.object.contentType"))?,
         user_metadata,
@@ -380,17 +598,54 @@ fn object_state(
     })
 }
 
-/// Splits `userMetadata` into user and system entries (see [`split_entries`]).
-fn split_metadata(metadata: &UserMetadata<'_>) -> Result<(Metadata, Metadata), ParseError> {
-    if let Some((key, found)) = &metadata.not_text {
-        let error = ParseError::NotString { found };
-        return Err(ParseError::at(format!("s3.object.userMetadata[{key:?}]"))(
-            error,
-        ));
+/// An ETag without the double quotes S3 wraps it in (versitygw's events keep them, MinIO's
+/// do not); an empty one is absent. Events and reads of the bucket go through it alike.
+pub(crate) fn unquote_etag(etag: &str) -> Option<String> {
+    let bare = etag
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(etag);
+    (!bare.is_empty()).then(|| bare.to_string())
+}
+
+/// Splits an event's metadata into user and system entries (see [`split_entries`]): MinIO's
+/// `userMetadata` map, or Ceph's `metadata` array, whose tags become the system entry
+/// `x-amz-tagging` (`k=v&…`, query-escaped, in key order), as MinIO stores tags.
+fn split_metadata(object: &Object<'_>) -> Result<(Metadata, Metadata), ParseError> {
+    let sources = [
+        ("s3.object.userMetadata", &object.user_metadata),
+        ("s3.object.metadata", &object.metadata),
+        ("s3.object.tags", &object.tags),
+    ];
+    for (field, metadata) in sources {
+        if let Some((key, found)) = &metadata.not_text {
+            let error = ParseError::NotString { found };
+            return Err(ParseError::at(format!("{field}[{key:?}]"))(error));
+        }
     }
-    split_entries(metadata.iter()).map_err(|NulInMetadata { key }| {
+    let tagging = tagging(&object.tags);
+    let entries = object
+        .user_metadata
+        .iter()
+        .chain(object.metadata.iter())
+        .chain(tagging.as_deref().map(|tags| ("x-amz-tagging", tags)));
+    split_entries(entries).map_err(|NulInMetadata { key }| {
         ParseError::at(format!("s3.object.userMetadata[{key:?}]"))(ParseError::NulCharacter)
     })
+}
+
+/// Ceph's tags in the form of the `x-amz-tagging` header; `None` without tags.
+fn tagging(tags: &UserMetadata<'_>) -> Option<String> {
+    let mut pairs: Vec<(&str, &str)> = tags.iter().collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    pairs.sort_unstable();
+    let encoded: Vec<String> = pairs
+        .into_iter()
+        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+        .collect();
+    Some(encoded.join("&"))
 }
 
 /// A metadata entry holds a NUL character, which PostgreSQL text and jsonb cannot store.
@@ -470,24 +725,6 @@ fn parse_event_time(text: &str) -> Result<OffsetDateTime, ParseError> {
             value: text.to_string(),
             reason: error.to_string(),
         })
-}
-
-/// MinIO's sequencer is `%X` of a Unix-nanosecond time; either letter case is accepted. It is
-/// stored as a PostgreSQL bigint, hence the `i64::MAX` limit (reached in the year 2262).
-fn parse_sequencer(text: &str) -> Result<i64, ParseError> {
-    let bad = |reason| ParseError::BadSequencer {
-        value: text.to_string(),
-        reason,
-    };
-    if text.is_empty() {
-        return Err(bad("empty"));
-    }
-    // Checked first because from_str_radix would also accept a leading '+'.
-    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad("not hexadecimal"));
-    }
-    let value = u64::from_str_radix(text, 16).map_err(|_| bad("greater than i64::MAX"))?;
-    i64::try_from(value).map_err(|_| bad("greater than i64::MAX"))
 }
 
 #[cfg(test)]
@@ -746,7 +983,41 @@ mod tests {
             ("s3:BucketRemoved:*", EventFamily::Bucket, "bucket"),
             ("s3:SomethingNew:Thing", EventFamily::Other, "other"),
             ("s3:ObjectCreated", EventFamily::Other, "other"),
-            ("ObjectCreated:Put", EventFamily::Other, "other"),
+            ("ObjectCreated:Put", EventFamily::Created, "created"),
+            (
+                "ObjectRemoved:DeleteMarkerCreated",
+                EventFamily::Removed,
+                "removed",
+            ),
+            ("ObjectTagging:Put", EventFamily::Created, "created"),
+            (
+                "LifecycleExpiration:Delete",
+                EventFamily::Removed,
+                "removed",
+            ),
+            (
+                "ObjectLifecycle:Expiration:Current",
+                EventFamily::Removed,
+                "removed",
+            ),
+            (
+                "ObjectLifecycle:Expiration:AbortMPU",
+                EventFamily::Other,
+                "other",
+            ),
+            (
+                "ObjectLifecycle:Transition:Current",
+                EventFamily::Transition,
+                "transition",
+            ),
+            (
+                "ObjectSynced:Create",
+                EventFamily::Replication,
+                "replication",
+            ),
+            ("s3:TestEvent", EventFamily::Test, "test"),
+            ("TestEvent", EventFamily::Test, "test"),
+            ("garbage", EventFamily::Other, "other"),
         ];
         for (name, family, label) in cases {
             assert_eq!(EventFamily::of(name), family, "{name}");
@@ -936,7 +1207,7 @@ mod tests {
     }
 
     #[test]
-    fn documents_that_are_not_minio_events() {
+    fn documents_that_are_not_s3_events() {
         for payload in [
             &b"[]"[..],
             b"5",
@@ -946,20 +1217,19 @@ mod tests {
             b"{\"EventName\": \"s3:ObjectCreated:Put\"}",
             b"{\"Records\": null}",
             b"{\"Records\": {}}",
+            b"{\"Event\": \"s3:SomethingElse\"}",
+            b"{\"source\": \"aws.ec2\", \"detail\": {}}",
         ] {
             let error = err(parse(Some(payload)));
             assert_eq!(
                 error.label(),
-                "not_minio_event",
+                "not_s3_event",
                 "{}: {error}",
                 String::from_utf8_lossy(payload)
             );
         }
         let error = err(parse(Some(b"{\"Key\": \"a/b\"}")));
-        assert!(
-            error.to_string().contains("missing field `Records`"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("no \"Records\""), "{error}");
     }
 
     #[test]
@@ -1017,12 +1287,12 @@ mod tests {
     #[test]
     fn wrong_json_types() {
         for (pointer, value) in [
-            ("/Records/0/s3/object/size", json!("42")),
             ("/Records/0/s3/object/size", json!(4.5)),
+            ("/Records/0/s3/object/size", json!([42])),
             ("/Records/0/s3/object/eTag", json!(7)),
             ("/Records/0/s3/object/userMetadata", json!(["a"])),
             ("/Records/0/s3/bucket", json!("bucket-a")),
-            ("/Records/0/eventName", json!(null)),
+            ("/Records/0/eventName", json!(7)),
         ] {
             let error = err(parse_edited(|m| set(m, pointer, value.clone())));
             assert_eq!(error.label(), "bad_field", "{pointer}: {error}");
@@ -1091,20 +1361,51 @@ mod tests {
     }
 
     #[test]
-    fn event_names_that_are_not_minio() {
+    fn event_names_without_the_s3_prefix_are_stored_with_it() {
+        let change = single(
+            parse_edited(|m| set(m, "/Records/0/eventName", json!("ObjectCreated:Put"))).unwrap(),
+        );
+        assert_eq!(change.event_name, "s3:ObjectCreated:Put");
         for edit in [
-            Box::new(|m: &mut Value| set(m, "/Records/0/eventName", json!("ObjectCreated:Put")))
+            Box::new(|m: &mut Value| set(m, "/Records/0/eventName", json!("")))
                 as Box<dyn Fn(&mut Value)>,
-            Box::new(|m: &mut Value| set(m, "/Records/0/eventName", json!(""))),
+            Box::new(|m: &mut Value| set(m, "/Records/0/eventName", json!(null))),
             Box::new(|m: &mut Value| remove(m, "/Records/0/eventName")),
         ] {
             let error = err(parse_edited(edit));
-            assert_eq!(error.label(), "not_minio_event");
-            assert!(
-                error.to_string().starts_with("record 0: eventName: "),
-                "{error}"
-            );
+            assert_eq!(error.label(), "missing_field");
+            assert_eq!(error.to_string(), "record 0: eventName: missing or empty");
         }
+    }
+
+    #[test]
+    fn an_unknown_event_source_is_refused_unless_the_source_is_forced() {
+        let edit = |m: &mut Value| {
+            remove(m, "/EventName");
+            remove(m, "/Key");
+            set(m, "/Records/0/eventSource", json!("garage:s3"));
+        };
+        let error = err(parse_edited(edit));
+        assert_eq!(error.label(), "not_s3_event");
+        assert!(error.to_string().starts_with("record 0: eventSource: "));
+        let mut value = message();
+        edit(&mut value);
+        let forced = Decoding {
+            source: SourceChoice::Only(Store::Minio),
+            ..Decoding::default()
+        };
+        let parsed = parse_with(Some(&serde_json::to_vec(&value).unwrap()), &forced).unwrap();
+        assert_eq!(
+            parsed.seen,
+            vec![(Some(Store::Minio), EventFamily::Created)]
+        );
+        // A record that changes no rows needs no known source.
+        let parsed = parse_edited(|m| {
+            edit(m);
+            set(m, "/Records/0/eventName", json!("s3:ObjectAccessed:Get"));
+        })
+        .unwrap();
+        assert_eq!(parsed.seen, vec![(None, EventFamily::Accessed)]);
     }
 
     #[test]
@@ -1300,7 +1601,7 @@ mod tests {
             "{error}"
         );
         let mut bad = record("s3:ObjectCreated:Put");
-        set(&mut bad, "/s3/object/size", json!("1"));
+        set(&mut bad, "/s3/object/size", json!(true));
         let error = err(parse_value(
             &json!({"Records": [record("s3:ObjectCreated:Put"), bad]}),
         ));
@@ -1438,7 +1739,7 @@ mod tests {
     #[test]
     fn borrowed_strings_avoid_copies() {
         let bytes = fixture("put_with_metadata.json");
-        let records = deserialize_records(&bytes).unwrap();
+        let records = deserialize_document(&bytes).unwrap().records.unwrap();
         assert!(matches!(records[0].s3.object.key, Cow::Borrowed(_)));
         assert!(matches!(
             records[0].s3.object.user_metadata.entries[0].1,

@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::SinkError;
 use crate::s3::ObjectRead;
-use crate::sink::{count, merge_into_stored, signed};
+use crate::sink::{count, database_now, merge_into_stored, signed};
 
 use super::{Kind, Tally, Target};
 
@@ -189,12 +189,7 @@ impl Store {
 
     /// The database's clock now.
     pub async fn now(&self) -> Result<OffsetDateTime, SinkError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one("SELECT clock_timestamp()", &[])
-            .await
-            .map_err(SinkError::postgres("reading the database clock"))?;
-        Ok(row.get(0))
+        database_now(&self.client().await?).await
     }
 
     /// Resumes the listing of `target`, or starts it (after forgetting any
@@ -571,10 +566,7 @@ impl<'a> ReadColumns<'a> {
                 .collect(),
             event_name: rows.iter().map(|_| event_name).collect(),
             event_time: rows.iter().map(|r| r.read.last_modified).collect(),
-            sequencer: rows
-                .iter()
-                .map(|r| whole_second_ns(r.read.last_modified))
-                .collect(),
+            sequencer: rows.iter().map(|r| r.read.sequencer()).collect(),
             read_at: rows.iter().map(|r| r.read_at).collect(),
         }
     }
@@ -597,30 +589,9 @@ impl<'a> ReadColumns<'a> {
     }
 }
 
-/// A read's sequencer: Last-Modified in whole seconds, as ns. A listing
-/// may give milliseconds (MinIO's does), HeadObject never does; one unit
-/// for every read keeps reads of one state equal.
-pub fn whole_second_ns(time: OffsetDateTime) -> i64 {
-    time.unix_timestamp().saturating_mul(1_000_000_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn a_read_is_versioned_by_its_whole_second() {
-        assert_eq!(
-            whole_second_ns(datetime!(2026-01-15 10:00:00.987 UTC)),
-            whole_second_ns(datetime!(2026-01-15 10:00:00 UTC))
-        );
-        assert_eq!(whole_second_ns(OffsetDateTime::UNIX_EPOCH), 0);
-        assert_eq!(
-            whole_second_ns(datetime!(1970-01-01 00:00:01 UTC)),
-            1_000_000_000
-        );
-    }
 
     #[test]
     fn outcomes_parse_and_unknown_ones_are_refused() {

@@ -18,8 +18,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use super::{listing, unquote_etag, ListPage, ObjectRead, S3Config, S3Error, S3Request};
-use crate::event::{split_entries, NulInMetadata};
+use super::{listing, ListPage, ObjectRead, S3Config, S3Error, S3Request};
+use crate::event::{split_entries, unquote_etag, NulInMetadata};
 
 /// The most keys one ListObjectsV2 page holds (the S3 limit, and its default).
 const MAX_KEYS: i32 = 1000;

@@ -18,7 +18,8 @@ use aws_smithy_xml::decode::{try_data, Document, ScopedDecoder};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use super::{unquote_etag, ListPage, Listed, ObjectRead};
+use super::{ListPage, Listed, ObjectRead};
+use crate::event::unquote_etag;
 use crate::event::{query_unescape, split_entries, NulInMetadata};
 
 /// MinIO's listing adds `expires` to every object's metadata, the zero Go time when the

@@ -21,7 +21,7 @@ pub use error::{S3Error, S3Request};
 
 use time::OffsetDateTime;
 
-use crate::event::Metadata;
+use crate::event::{Metadata, ObjectState};
 
 /// One ListObjectsV2 page, its objects in the server's key order (UTF-8 byte order on S3).
 #[derive(Clone, Debug, PartialEq)]
@@ -65,26 +65,56 @@ pub struct ObjectRead {
     pub system_metadata: Metadata,
 }
 
-/// An ETag without the double quotes S3 wraps it in; an empty one is absent.
-fn unquote_etag(etag: &str) -> Option<String> {
-    let bare = etag
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .unwrap_or(etag);
-    (!bare.is_empty()).then(|| bare.to_string())
+impl ObjectRead {
+    /// A read's sequencer: Last-Modified in whole seconds, as ns. A listing may give
+    /// milliseconds (MinIO's does), HeadObject never does; one unit for every read keeps
+    /// reads of one state equal.
+    pub fn sequencer(&self) -> i64 {
+        self.last_modified
+            .unix_timestamp()
+            .saturating_mul(1_000_000_000)
+    }
+
+    /// The object's state as a row holds it.
+    pub fn into_state(self) -> ObjectState {
+        ObjectState {
+            version_id: self.version_id,
+            size: self.size,
+            etag: self.etag,
+            content_type: self.content_type,
+            user_metadata: self.user_metadata,
+            system_metadata: self.system_metadata,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use time::macros::datetime;
+
+    fn read_at(last_modified: OffsetDateTime) -> ObjectRead {
+        ObjectRead {
+            etag: None,
+            size: None,
+            last_modified,
+            version_id: None,
+            content_type: None,
+            user_metadata: Metadata::default(),
+            system_metadata: Metadata::default(),
+        }
+    }
 
     #[test]
-    fn etags_lose_their_quotes_only() {
-        assert_eq!(unquote_etag("\"abc\"").as_deref(), Some("abc"));
-        assert_eq!(unquote_etag("abc").as_deref(), Some("abc"));
-        assert_eq!(unquote_etag("\"abc-2\"").as_deref(), Some("abc-2"));
-        assert_eq!(unquote_etag("\"abc").as_deref(), Some("\"abc"));
-        assert_eq!(unquote_etag("\"\""), None);
-        assert_eq!(unquote_etag(""), None);
+    fn a_read_is_versioned_by_its_whole_second() {
+        assert_eq!(
+            read_at(datetime!(2026-01-15 10:00:00.987 UTC)).sequencer(),
+            read_at(datetime!(2026-01-15 10:00:00 UTC)).sequencer()
+        );
+        assert_eq!(read_at(OffsetDateTime::UNIX_EPOCH).sequencer(), 0);
+        assert_eq!(
+            read_at(datetime!(1970-01-01 00:00:01 UTC)).sequencer(),
+            1_000_000_000
+        );
     }
 }

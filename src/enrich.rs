@@ -162,7 +162,7 @@ fn read_change(hint: &Change, read: Option<ObjectRead>, at: OffsetDateTime) -> C
 /// error, which fixes itself.
 fn worse(current: Option<S3Error>, new: S3Error) -> S3Error {
     match current {
-        Some(current) if current.is_retriable() || !new.is_retriable() => current,
+        Some(current) if !current.is_retriable() || new.is_retriable() => current,
         _ => new,
     }
 }

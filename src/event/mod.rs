@@ -1747,4 +1747,170 @@ mod tests {
         ));
         assert!(matches!(records[0].event_name, Cow::Borrowed(_)));
     }
+
+    /// The change of a fixture under `tests/fixtures/sources/`.
+    fn source_change(name: &str) -> Change {
+        single(parse(Some(&fixture(&format!("sources/{name}")))).unwrap())
+    }
+
+    #[test]
+    fn ceph_records_decode_raw_keys_metadata_arrays_tags_and_sequencers() {
+        let change = source_change("ceph-put.json");
+        assert_eq!(change.object.bucket, "ceph-bucket");
+        assert_eq!(
+            change.object.key, "dir one/a+b 100%.txt",
+            "Ceph keys are raw"
+        );
+        assert_eq!(change.event_name, "s3:ObjectCreated:Put");
+        assert_eq!(change.sequencer, 1_700_000_000_123_456_789);
+        assert_eq!(change.basis, Basis::Event, "Ceph's events are the state");
+        let state = upsert(&change);
+        assert_eq!(state.size, Some(5), "a size given as a string");
+        assert_eq!(state.version_id, None, "an empty versionId is no version");
+        assert_eq!(
+            state.user_metadata.to_value(),
+            strings(&[("api", "https://api.example.com/v1"), ("id", "1843")])
+        );
+        assert_eq!(
+            state.system_metadata.to_value(),
+            strings(&[("x-amz-tagging", "team=data+eng")])
+        );
+        let copy = source_change("ceph-copy.json");
+        assert!(
+            copy.sequencer > change.sequencer,
+            "decoded, not compared as text"
+        );
+        assert_eq!(upsert(&copy).user_metadata.to_value()["id"], json!("1844"));
+        let delete = source_change("ceph-delete.json");
+        assert_eq!(delete.event_name, "s3:ObjectRemoved:Delete");
+        assert!(matches!(delete.action, Action::Remove { .. }));
+    }
+
+    #[test]
+    fn rustfs_records_are_minio_shaped_with_their_own_source() {
+        let parsed = parse(Some(&fixture("sources/rustfs-put.json"))).unwrap();
+        assert_eq!(
+            parsed.seen,
+            vec![(Some(Store::Rustfs), EventFamily::Created)]
+        );
+        let change = single(parsed);
+        assert_eq!(change.object.key, "dir/a b+c.txt");
+        assert_eq!(change.sequencer, 0x1797_9CFE_3D85_CD15);
+        assert_eq!(change.basis, Basis::Event);
+        assert_eq!(
+            upsert(&change).user_metadata.to_value(),
+            strings(&[("id", "1843")])
+        );
+    }
+
+    #[test]
+    fn aws_records_are_hints_with_form_decoded_keys() {
+        let parsed = parse(Some(&fixture("sources/aws-put.json"))).unwrap();
+        assert_eq!(parsed.seen, vec![(Some(Store::Aws), EventFamily::Created)]);
+        let change = single(parsed);
+        assert_eq!(change.object.key, "dir/red flower+1.jpg");
+        assert_eq!(change.event_name, "s3:ObjectCreated:Put");
+        assert_eq!(change.basis, Basis::Hint, "AWS sends no metadata");
+        assert_eq!(upsert(&change).version_id, None, "versionId null");
+        let delete = source_change("aws-delete.json");
+        assert!(
+            delete.sequencer > change.sequencer,
+            "18 digits, compared on 15"
+        );
+        assert_eq!(delete.basis, Basis::Hint);
+        let never = Decoding {
+            enrich: Enrich::Never,
+            ..Decoding::default()
+        };
+        let parsed = parse_with(Some(&fixture("sources/aws-put.json")), &never).unwrap();
+        assert_eq!(single(parsed).basis, Basis::Event);
+    }
+
+    #[test]
+    fn eventbridge_events_are_named_like_records_and_are_hints() {
+        let created = source_change("eventbridge-created.json");
+        assert_eq!(created.object.bucket, "aws-bucket");
+        assert_eq!(created.object.key, "dir/red flower+1.jpg");
+        assert_eq!(created.event_name, "s3:ObjectCreated:Copy");
+        assert_eq!(created.event_time, datetime!(2026-01-15 10:00:01 UTC));
+        assert_eq!(created.basis, Basis::Hint);
+        let put = source_change("aws-put.json");
+        assert!(created.sequencer > put.sequencer);
+        let deleted = source_change("eventbridge-deleted.json");
+        assert_eq!(deleted.event_name, "s3:ObjectRemoved:Delete");
+        assert!(matches!(deleted.action, Action::Remove { .. }));
+        let marker = parse_value(&json!({
+            "detail-type": "Object Deleted", "source": "aws.s3", "time": "2026-01-15T10:00:06Z",
+            "detail": {"bucket": {"name": "b"}, "object": {"key": "k", "sequencer": "01"},
+                       "reason": "DeleteObject", "deletion-type": "Delete Marker Created"}
+        }))
+        .unwrap();
+        assert_eq!(
+            single(marker).event_name,
+            "s3:ObjectRemoved:DeleteMarkerCreated"
+        );
+        let restore = parse_value(&json!({
+            "detail-type": "Object Restore Completed", "source": "aws.s3",
+            "detail": {"bucket": {"name": "b"}, "object": {"key": "k"}}
+        }))
+        .unwrap();
+        assert!(restore.changes.is_empty());
+        assert_eq!(restore.skipped, vec![EventFamily::Other]);
+    }
+
+    #[test]
+    fn test_messages_are_counted_not_dead_lettered() {
+        let aws = parse(Some(&fixture("sources/aws-test-event.json"))).unwrap();
+        assert!(aws.changes.is_empty());
+        assert_eq!(aws.skipped, vec![EventFamily::Test]);
+        assert_eq!(aws.seen, vec![(Some(Store::Aws), EventFamily::Test)]);
+        let versitygw = parse(Some(
+            br#"{"Bucket":"Test-Bucket","Event":"s3:TestEvent","Service":"S3","Time":"2026-01-15T10:00:00Z"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            versitygw.seen,
+            vec![(Some(Store::Versitygw), EventFamily::Test)]
+        );
+    }
+
+    #[test]
+    fn versitygw_records_are_hints_with_raw_keys_null_versions_and_quoted_etags() {
+        let value = json!({"Records": [{
+            "eventVersion": "2.2", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2026-01-15T11:00:00+01:00", "eventName": "s3:ObjectCreated:Put",
+            "userIdentity": {"PrincipalId": "admin"},
+            "s3": {"s3SchemaVersion": "1.0", "configurationId": "webhook-global",
+                   "bucket": {"name": "b", "arn": "arn:aws:s3:::/b/a+b"},
+                   "object": {"key": "a+b", "size": 5, "eTag": "\"5d41402abc4b2a76b9719d911017c592\"",
+                              "versionId": null, "sequencer": "1A"}},
+            "glacierEventData": {"restoreEventData": {"lifecycleRestorationExpiryTime": ""}}
+        }]});
+        let parsed = parse_value(&value).unwrap();
+        assert_eq!(
+            parsed.seen,
+            vec![(Some(Store::Versitygw), EventFamily::Created)]
+        );
+        let change = single(parsed);
+        assert_eq!(change.object.key, "a+b", "a plus stays a plus");
+        assert_eq!(change.basis, Basis::Hint);
+        assert_eq!(change.event_time, datetime!(2026-01-15 10:00:00 UTC));
+        assert_eq!(change.sequencer, 1_768_471_200_000_000_026);
+        let state = upsert(&change);
+        assert_eq!(
+            state.etag.as_deref(),
+            Some("5d41402abc4b2a76b9719d911017c592")
+        );
+        assert_eq!(state.version_id, None);
+    }
+
+    #[test]
+    fn etags_lose_their_quotes_only() {
+        assert_eq!(unquote_etag("\"abc\"").as_deref(), Some("abc"));
+        assert_eq!(unquote_etag("abc").as_deref(), Some("abc"));
+        assert_eq!(unquote_etag("\"abc-2\"").as_deref(), Some("abc-2"));
+        assert_eq!(unquote_etag("\"abc").as_deref(), Some("\"abc"));
+        assert_eq!(unquote_etag("\"\""), None);
+        assert_eq!(unquote_etag(""), None);
+    }
 }

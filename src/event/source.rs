@@ -78,7 +78,9 @@ impl Store {
     /// - MinIO, RustFS: hex of the modification time in ns, taken as it is;
     /// - Ceph: hex of the raw little-endian bytes of (u32 seconds, u32 ns), decoded to ns;
     /// - AWS: hex comparable only for one key after right-padding the shorter with zeros:
-    ///   its first 15 digits (60 bits), padded;
+    ///   its first 15 digits (60 bits, what a bigint holds), padded. Two events of one key
+    ///   whose sequencers differ only further on tie, and their Kafka position decides;
+    ///   that matters only with `--enrich never`, since by default AWS events are hints;
     /// - versitygw: a hex counter of the server process (`1`, `A`, `1A`), shared by all
     ///   keys, which restarts at 1: the event's second in ns plus the counter, so that a
     ///   restart (a later second) does not lose to the events before it. Only used when

@@ -11,19 +11,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use common::bucket::Bucket;
 use common::{minio_message, wait_until, TestBed};
 use objmeta::listing::{Kind, Summary};
-
-/// What a user sees of one object: ETag, size, user metadata.
-type Seen = (Option<String>, Option<i64>, Value);
 
 async fn list(bed: &TestBed, kind: Kind, bucket: &str, extra: &[&str]) -> Summary {
     let command = match kind {
@@ -55,21 +50,6 @@ async fn reconcile(bed: &TestBed, bucket: &str, extra: &[&str]) -> Summary {
     list(bed, Kind::Reconcile, bucket, extra).await
 }
 
-/// The live rows of `bucket`, as users query them.
-async fn table(bed: &TestBed, bucket: &str) -> BTreeMap<String, Seen> {
-    bed.db()
-        .await
-        .query(
-            "SELECT key, etag, size, user_metadata FROM current_objects WHERE bucket = $1",
-            &[&bucket],
-        )
-        .await
-        .expect("read current_objects")
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-        .collect()
-}
-
 /// Everything about one row, to tell whether anything was written.
 async fn row(bed: &TestBed, bucket: &str, key: &str) -> Option<Value> {
     bed.db()
@@ -81,19 +61,6 @@ async fn row(bed: &TestBed, bucket: &str, key: &str) -> Option<Value> {
         .await
         .expect("read a row")
         .map(|r| r.get(0))
-}
-
-/// What the bucket holds, read by the test's own client (list, then HEAD each).
-async fn truth(bucket: &Bucket) -> BTreeMap<String, Seen> {
-    let keys = bucket.keys().await;
-    futures::stream::iter(keys)
-        .map(|key| async move {
-            let head = bucket.head(&key).await.expect("listed object exists");
-            (key, (Some(head.etag), Some(head.size), head.user_metadata))
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await
 }
 
 /// Keys with what breaks naive code: spaces, `+`, `%`, `/`, UTF-8, `&`, `=`, `?`, `#`.
@@ -168,7 +135,7 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
         })
         .collect();
     bucket.fill(&objects, 32).await;
-    let expected = truth(&bucket).await;
+    let expected = bucket.truth().await;
     assert_eq!(expected.len(), keys.len(), "the bucket holds every key");
 
     let first = backfill(&bed, &bucket.name, &["--batch-rows", "300"]).await;
@@ -185,7 +152,7 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
         ),
         (0, 0, 0, 0, 0)
     );
-    assert_eq!(table(&bed, &bucket.name).await, expected);
+    assert_eq!(bed.live_rows(&bucket.name).await, expected);
     let spot = row(&bed, &bucket.name, &keys[2]).await.expect("row");
     assert_eq!(spot["event_name"], "objmeta:Backfill");
     assert!(spot["read_at"].is_string(), "{spot}");
@@ -205,7 +172,7 @@ async fn a_backfill_gives_the_exact_bucket_state_and_a_rerun_changes_nothing() {
     );
     let rewritten = write_times(&bed).await;
     assert_eq!(written, rewritten, "the rerun wrote no row");
-    assert_eq!(table(&bed, &bucket.name).await, expected);
+    assert_eq!(bed.live_rows(&bucket.name).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +244,7 @@ async fn reads_and_events_follow_the_version_scheme() {
 
     let first = backfill(&bed, &bucket.name, &[]).await;
     assert!(first.succeeded(), "{first:?}");
-    let rows = table(&bed, &bucket.name).await;
+    let rows = bed.live_rows(&bucket.name).await;
     assert_eq!(
         rows["newer-event"].0.as_deref(),
         Some("e-newer"),
@@ -301,14 +268,14 @@ async fn reads_and_events_follow_the_version_scheme() {
     );
     assert_eq!(first.tally.updated, 1, "{first:?}");
     assert!(
-        table(&bed, &bucket.name).await.contains_key("aba"),
+        bed.live_rows(&bucket.name).await.contains_key("aba"),
         "the read of A beats the delete"
     );
     // One at a time: in one batch the put would be merged away before the write.
     consume(&bed, &mut sent, &[aba_put]).await;
     consume(&bed, &mut sent, &[aba_delete]).await;
     assert!(
-        table(&bed, &bucket.name).await.contains_key("aba"),
+        bed.live_rows(&bucket.name).await.contains_key("aba"),
         "a replay of the put and the delete does not undo the read"
     );
     assert_eq!(
@@ -317,7 +284,7 @@ async fn reads_and_events_follow_the_version_scheme() {
     );
 
     // 2 (after): the event of the state the read saw, arriving later, changes no value.
-    let before = table(&bed, &bucket.name).await["same-event-after"].clone();
+    let before = bed.live_rows(&bucket.name).await["same-event-after"].clone();
     let state = event(
         &bucket.name,
         "same-event-after",
@@ -326,7 +293,10 @@ async fn reads_and_events_follow_the_version_scheme() {
         &[("X-Amz-Meta-Id", "t")],
     );
     consume(&bed, &mut sent, &[state]).await;
-    assert_eq!(table(&bed, &bucket.name).await["same-event-after"], before);
+    assert_eq!(
+        bed.live_rows(&bucket.name).await["same-event-after"],
+        before
+    );
     // An older event of the same second arriving after the read of v2 loses too.
     let late = event(
         &bucket.name,
@@ -337,12 +307,14 @@ async fn reads_and_events_follow_the_version_scheme() {
     );
     consume(&bed, &mut sent, &[late]).await;
     assert_eq!(
-        table(&bed, &bucket.name).await["same-second"].0.as_deref(),
+        bed.live_rows(&bucket.name).await["same-second"]
+            .0
+            .as_deref(),
         Some(v2.etag.as_str())
     );
 
     // Every later reconcile ends at the same state and writes nothing.
-    let settled = table(&bed, &bucket.name).await;
+    let settled = bed.live_rows(&bucket.name).await;
     let again = reconcile(&bed, &bucket.name, &[]).await;
     assert!(again.succeeded(), "{again:?}");
     assert_eq!(
@@ -350,7 +322,7 @@ async fn reads_and_events_follow_the_version_scheme() {
         (0, 0, 0),
         "{again:?}"
     );
-    assert_eq!(table(&bed, &bucket.name).await, settled);
+    assert_eq!(bed.live_rows(&bucket.name).await, settled);
     objmeta.stop().await.expect("objmeta stops");
 }
 
@@ -383,7 +355,7 @@ async fn a_same_second_tie_the_read_cannot_decide_is_settled_by_reading_again() 
         consume(&bed, &mut sent, &[claim]).await;
         let summary = backfill(&bed, &bucket.name, &[]).await;
         assert!(summary.succeeded(), "{summary:?}");
-        let seen = table(&bed, &bucket.name).await[&key].clone();
+        let seen = bed.live_rows(&bucket.name).await[&key].clone();
         if summary.rereads == 0 {
             println!("attempt {attempt}: the read started after the claimed time; again");
             continue;
@@ -481,7 +453,7 @@ async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_mean
     assert_eq!(drift.tally.updated, 1, "{drift:?}");
     assert_eq!(drift.tally.inserted, 1, "{drift:?}");
     assert_eq!(drift.tally.listed, (keys.len() - gone.len() + 1) as u64);
-    let rows = table(&bed, &bucket.name).await;
+    let rows = bed.live_rows(&bucket.name).await;
     for key in &gone {
         assert!(!rows.contains_key(*key), "{key} is gone");
     }
@@ -522,7 +494,7 @@ async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_mean
         )
         .await
         .unwrap();
-    let state = table(&bed, &bucket.name).await;
+    let state = bed.live_rows(&bucket.name).await;
     let second = reconcile(&bed, &bucket.name, &[]).await;
     assert!(second.succeeded(), "{second:?}");
     assert_eq!(
@@ -531,8 +503,8 @@ async fn reconcile_removes_what_is_gone_keeps_the_rest_and_what_was_created_mean
         "{second:?}"
     );
     assert_eq!(second.tally.unchanged, second.tally.listed);
-    assert_eq!(table(&bed, &bucket.name).await, state);
-    assert_eq!(state, truth(&bucket).await, "the table mirrors the bucket");
+    assert_eq!(bed.live_rows(&bucket.name).await, state);
+    assert_eq!(state, bucket.truth().await, "the table mirrors the bucket");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,7 +517,7 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
         .map(|k| (k.clone(), vec![("n".into(), k.len().to_string())]))
         .collect();
     bucket.fill(&objects, 32).await;
-    let expected = truth(&bucket).await;
+    let expected = bucket.truth().await;
 
     let s3 = common::s3();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_objmeta"))
@@ -597,7 +569,7 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
         "an interrupted backfill exits non-zero:\n{stderr}"
     );
     assert!(stderr.contains("interrupted"), "{stderr}");
-    let partial = table(&bed, &bucket.name).await;
+    let partial = bed.live_rows(&bucket.name).await;
     assert!(
         partial.len() < keys.len(),
         "stopped in the middle ({} rows)",
@@ -641,5 +613,5 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
         (keys.len() as u64, 0),
         "nothing before the checkpoint was read again: {resumed:?}"
     );
-    assert_eq!(table(&bed, &bucket.name).await, expected);
+    assert_eq!(bed.live_rows(&bucket.name).await, expected);
 }

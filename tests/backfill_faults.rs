@@ -11,93 +11,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use common::bucket::{admin_at, Bucket};
-use common::{free_port, minio_message, repo_root, wait_until, TestBed};
+use common::bucket::{admin_at, Bucket, PrivateS3};
+use common::{minio_message, wait_until, TestBed};
 use objmeta::config::ListingConfig;
 use objmeta::listing::{Kind, Summary};
-
-/// A versitygw of this test alone (the shared one must not be stopped), on a free port and
-/// a directory of its own, optionally serving TLS.
-struct PrivateS3 {
-    dir: tempfile::TempDir,
-    port: u16,
-    tls: Option<(PathBuf, PathBuf)>,
-    child: Option<Child>,
-}
-
-impl PrivateS3 {
-    fn start(tls: Option<(PathBuf, PathBuf)>) -> PrivateS3 {
-        common::s3(); // builds versitygw once, if needed
-        let mut server = PrivateS3 {
-            dir: tempfile::tempdir().expect("temp dir"),
-            port: free_port(),
-            tls,
-            child: None,
-        };
-        server.resume();
-        server
-    }
-
-    fn endpoint(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://localhost:{}", self.port)
-    }
-
-    /// Starts (again) on the same port and data.
-    fn resume(&mut self) {
-        let s3 = common::s3();
-        let data = self.dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let mut command = Command::new(repo_root().join(".services/bin/versitygw"));
-        command.args([
-            "--port",
-            &format!("127.0.0.1:{}", self.port),
-            "--access",
-            &s3.access_key,
-            "--secret",
-            &s3.secret_key,
-            "--region",
-            &s3.region,
-        ]);
-        if let Some((cert, key)) = &self.tls {
-            command.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
-        let log = std::fs::File::create(self.dir.path().join("versitygw.log")).unwrap();
-        command
-            .arg("posix")
-            .arg(&data)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.child = Some(command.spawn().expect("start versitygw"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "versitygw did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn etags(bed: &TestBed, bucket: &str) -> BTreeMap<String, String> {
     bed.db()

@@ -1,12 +1,22 @@
 //! A bucket of its own on versitygw per test, set up with a plain SDK client (not objmeta's):
 //! what a user's application would write, and the ground truth objmeta's table must mirror.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use futures::StreamExt;
 use serde_json::Value;
 use time::OffsetDateTime;
+
+use super::{free_port, repo_root};
+
+/// A live row or a bucket's object, as compared: ETag, size, user metadata.
+pub type Seen = (Option<String>, Option<i64>, Value);
 
 /// A plain SDK client on the tests' versitygw.
 pub fn admin() -> aws_sdk_s3::Client {
@@ -167,6 +177,19 @@ impl Bucket {
         })
     }
 
+    /// What the bucket holds, read by the test's own client (list, then HEAD each).
+    pub async fn truth(&self) -> BTreeMap<String, Seen> {
+        let keys = self.keys().await;
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let head = self.head(&key).await.expect("listed object exists");
+                (key, (Some(head.etag), Some(head.size), head.user_metadata))
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await
+    }
+
     /// Every key, in listing order.
     pub async fn keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
@@ -185,5 +208,90 @@ impl Bucket {
             );
         }
         keys
+    }
+}
+
+/// A versitygw of this test alone (the shared one must not be stopped), on a free port and
+/// a directory of its own, optionally serving TLS.
+pub struct PrivateS3 {
+    dir: tempfile::TempDir,
+    port: u16,
+    tls: Option<(PathBuf, PathBuf)>,
+    /// More arguments of `versitygw` (before the backend), e.g. its Kafka events.
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PrivateS3 {
+    pub fn start(tls: Option<(PathBuf, PathBuf)>) -> PrivateS3 {
+        PrivateS3::start_with(tls, &[])
+    }
+
+    pub fn start_with(tls: Option<(PathBuf, PathBuf)>, extra: &[&str]) -> PrivateS3 {
+        super::s3(); // builds versitygw once, if needed
+        let mut server = PrivateS3 {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            tls,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://localhost:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn resume(&mut self) {
+        let s3 = super::s3();
+        let data = self.dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut command = Command::new(repo_root().join(".services/bin/versitygw"));
+        command.args([
+            "--port",
+            &format!("127.0.0.1:{}", self.port),
+            "--access",
+            &s3.access_key,
+            "--secret",
+            &s3.secret_key,
+            "--region",
+            &s3.region,
+        ]);
+        if let Some((cert, key)) = &self.tls {
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        command.args(&self.extra);
+        let log = std::fs::File::create(self.dir.path().join("versitygw.log")).unwrap();
+        command
+            .arg("posix")
+            .arg(&data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(command.spawn().expect("start versitygw"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "versitygw did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

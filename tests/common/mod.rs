@@ -299,6 +299,21 @@ impl TestBed {
         }
     }
 
+    /// The live rows of `bucket`, as users query them.
+    pub async fn live_rows(&self, bucket: &str) -> BTreeMap<String, bucket::Seen> {
+        self.db()
+            .await
+            .query(
+                "SELECT key, etag, size, user_metadata FROM current_objects WHERE bucket = $1",
+                &[&bucket],
+            )
+            .await
+            .expect("read current_objects")
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+            .collect()
+    }
+
     /// Runs objmeta in-process until the returned handle is stopped.
     pub fn start(&self, extra: &[&str]) -> InProcess {
         let http_port = free_port();

@@ -102,9 +102,9 @@ fn cases() -> Vec<Case> {
             b"{\"EventName\":\"s3:ObjectCreated:Put\",\"Key\":\"h/\xff\xfe\"}".to_vec(),
             "not UTF-8",
         ),
-        dead("json array", b"[1, 2, 3]".to_vec(), "not a MinIO event"),
-        dead("json number", b"42".to_vec(), "not a MinIO event"),
-        dead("json string", b"\"Records\"".to_vec(), "not a MinIO event"),
+        dead("json array", b"[1, 2, 3]".to_vec(), "not an S3 event"),
+        dead("json number", b"42".to_vec(), "not an S3 event"),
+        dead("json string", b"\"Records\"".to_vec(), "not an S3 event"),
         dead("empty value", Vec::new(), "empty message"),
         Case {
             label: "null value",
@@ -114,7 +114,7 @@ fn cases() -> Vec<Case> {
         dead(
             "missing records",
             br#"{"EventName":"s3:ObjectCreated:Put","Key":"h/x"}"#.to_vec(),
-            "Records",
+            "no \"Records\"",
         ),
         dead(
             "empty records",
@@ -139,9 +139,9 @@ fn cases() -> Vec<Case> {
             "s3.object.key",
         ),
         dead(
-            "size as string",
-            edited("size.txt", |v| object(v)["size"] = json!("1024")),
-            "invalid type: string",
+            "size as words",
+            edited("size.txt", |v| object(v)["size"] = json!("ten")),
+            "invalid value: string \"ten\"",
         ),
         dead(
             "metadata number",
@@ -199,11 +199,11 @@ fn cases() -> Vec<Case> {
             "NUL",
         ),
         dead(
-            "not an s3 event name",
+            "an unknown store",
             edited("name.txt", |v| {
-                v["Records"][0]["eventName"] = json!("Hello")
+                v["Records"][0]["eventSource"] = json!("garage:s3")
             }),
-            "not a MinIO event name",
+            "not the eventSource of a supported store",
         ),
         row(
             "1024-byte key",

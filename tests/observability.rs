@@ -630,7 +630,7 @@ async fn prometheus_scrapes_objmeta_under_load_and_every_panel_and_rule_evaluate
         r#"up{job="objmeta"} == 1"#,
         "objmeta_consumer_lag",
         r#"objmeta_dead_letters_total{reason="invalid_json"} > 0"#,
-        r#"objmeta_dead_letters_total{reason="not_minio_event"} > 0"#,
+        r#"objmeta_dead_letters_total{reason="not_s3_event"} > 0"#,
         "rate(objmeta_rows_written_total[15s]) > 0",
         "rate(objmeta_event_delay_seconds_count[15s]) > 0",
         "rate(objmeta_flush_duration_seconds_count[15s]) > 0",

@@ -570,6 +570,37 @@ mod tests {
     }
 
     #[test]
+    fn sources_and_enrichment() {
+        let auto = run_config(&[]);
+        assert_eq!(auto.decoding(), Decoding::default());
+        auto.validate()
+            .expect("auto needs no S3 endpoint until an event needs a read");
+        let ceph = run_config(&["--source", "ceph", "--enrich", "never"]);
+        assert_eq!(ceph.source, SourceChoice::Only(Store::Ceph));
+        assert_eq!(ceph.enrich, Enrich::Never);
+        ceph.validate().unwrap();
+        assert!(parse(&[
+            "run",
+            "--brokers",
+            "k",
+            "--database-url",
+            "u",
+            "--source",
+            "garage"
+        ])
+        .is_err());
+        for refused in [&["--source", "versitygw"][..], &["--enrich", "always"]] {
+            let error = run_config(refused).validate().unwrap_err().to_string();
+            assert!(error.contains("S3_ENDPOINT"), "{refused:?}: {error}");
+        }
+        let minio = run_config(&["--source", "minio"]);
+        assert!(!minio.decoding().may_read());
+        minio.validate().unwrap();
+        let zero = run_config(&["--enrich-concurrency", "0"]);
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
     fn run_takes_defaults_and_properties() {
         let cli = parse(&[
             "run",

@@ -1,8 +1,10 @@
-//! objmeta: keeps a PostgreSQL table of every MinIO object's current metadata,
-//! fed by MinIO bucket notifications on Kafka.
+//! objmeta: keeps a PostgreSQL table of every S3 object's current metadata,
+//! fed by the bucket notifications of MinIO, RustFS, Ceph RGW, versitygw or
+//! AWS on Kafka.
 //!
 //! Data flows one way: `kafka` (consume) → `event` (parse) → `batch`
-//! (reduce) → `sink` (write) → `kafka` (commit), driven by `pipeline`.
+//! (reduce) → `enrich` (read the objects of events that fall short) → `sink`
+//! (write) → `kafka` (commit), driven by `pipeline`.
 
 pub mod batch;
 pub mod budget;

@@ -1750,7 +1750,7 @@ mod tests {
 
     /// The change of a fixture under `tests/fixtures/sources/`.
     fn source_change(name: &str) -> Change {
-        single(parse(Some(&fixture(&format!("sources/{name}")))).unwrap())
+        source_change_of(&format!("sources/{name}"))
     }
 
     #[test]
@@ -1912,5 +1912,38 @@ mod tests {
         assert_eq!(unquote_etag("\"abc").as_deref(), Some("\"abc"));
         assert_eq!(unquote_etag("\"\""), None);
         assert_eq!(unquote_etag(""), None);
+    }
+
+    #[test]
+    fn every_message_a_real_versitygw_sent_parses() {
+        let dir = format!("{}/tests/fixtures/versitygw", env!("CARGO_MANIFEST_DIR"));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".json"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 15, "{names:?}");
+        for name in names {
+            let parsed = parse(Some(&fixture(&format!("versitygw/{name}"))))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name.starts_with("test-event") {
+                assert_eq!(parsed.skipped, vec![EventFamily::Test], "{name}");
+                continue;
+            }
+            let change = single(parsed);
+            assert_eq!(change.basis, Basis::Hint, "{name}");
+            assert_eq!(change.object.bucket, "capture-bucket", "{name}");
+        }
+        let odd = source_change_of("versitygw/put-odd-key-plus.json");
+        assert_eq!(odd.object.key, "a+b");
+        let tagging = source_change_of("versitygw/tagging.json");
+        assert_eq!(tagging.event_name, "s3:ObjectTagging:Put");
+        let objects = source_change_of("versitygw/delete-objects.json");
+        assert!(matches!(objects.action, Action::Remove { .. }));
+    }
+
+    fn source_change_of(path: &str) -> Change {
+        single(parse(Some(&fixture(path))).unwrap())
     }
 }

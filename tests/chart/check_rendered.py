@@ -288,6 +288,8 @@ def main():
         check("ssl.ca.location" in kafka_properties(container_env(sts)), "full.yaml: no private Kafka CA (kafka.tls.caSecret)")
         env = container_env(sts)
         check(env.get("RECONCILE_BUCKETS", {}).get("value") == "photos,documents", "full.yaml: no periodic reconcile (reconcile.every)")
+        check(env.get("EVENT_SOURCE", {}).get("value") == "versitygw", "full.yaml: events.source not passed as EVENT_SOURCE")
+        check(env.get("ENRICH_CONCURRENCY", {}).get("value") == "16", "full.yaml: events.enrichConcurrency not passed")
         for var in ("S3_ACCESS_KEY", "S3_SECRET_KEY"):
             check("secretKeyRef" in env.get(var, {}).get("valueFrom", {}), f"full.yaml: {var} not from a Secret")
         mounts = {m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", [])}

@@ -148,6 +148,12 @@ every render (install, upgrade, template) checks them.
 {{- if and .Values.reconcile.every (not (and .Values.s3.endpoint .Values.s3.existingSecret)) -}}
 {{- fail "s3.endpoint and s3.existingSecret (a Secret holding the S3 access and secret keys) are required with reconcile.every" -}}
 {{- end -}}
+{{- if and .Values.s3.endpoint (not .Values.s3.existingSecret) -}}
+{{- fail "s3.existingSecret (a Secret holding the S3 access and secret keys) is required with s3.endpoint" -}}
+{{- end -}}
+{{- if and (eq .Values.events.enrich "always") (not .Values.s3.endpoint) -}}
+{{- fail "events.enrich always reads every changed object with HeadObject: set s3.endpoint and s3.existingSecret" -}}
+{{- end -}}
 {{- if .Values.autoscaling.enabled -}}
 {{- if not .Values.kafka.partitions -}}
 {{- fail "kafka.partitions (the topic's partition count) is required with autoscaling.enabled: maxReplicas is capped at it" -}}

@@ -45,7 +45,8 @@ use crate::retry::Backoff;
 use crate::sink::Sink;
 
 /// What liveness allows a write attempt beyond its longest legitimate round
-/// trip (`DatabaseConfig::longest_round_trip`) before it counts as hung.
+/// trip (`DatabaseConfig::longest_round_trip`, or one S3 request) before it
+/// counts as hung.
 const ATTEMPT_SLACK: Duration = Duration::from_secs(10);
 
 /// How often readiness re-checks the database between writes.
@@ -58,7 +59,12 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
     let metrics = Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
     let health = Arc::new(Health::new(
         config.health_stall_timeout,
-        config.database.longest_round_trip() + ATTEMPT_SLACK,
+        // An enrichment round's longest wait is one HeadObject.
+        config
+            .database
+            .longest_round_trip()
+            .max(config.s3.s3_request_timeout)
+            + ATTEMPT_SLACK,
     ));
     let migrations = sink::connect_for_migrations(&config.database)?;
     let pool = sink::connect(&config.database)?;

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::producer::DeliveryFuture;
 use tokio_postgres::{Client, NoTls};
 
 use objmeta::config::DatabaseConfig;
@@ -21,6 +22,40 @@ pub struct KafkaArgs {
     pub brokers: String,
     #[arg(long)]
     pub topic: String,
+}
+
+/// Creates `topic` with `partitions` partitions and the given topic settings (it must not exist).
+pub async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating the admin client")?;
+    let new_topic = settings.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
+        |new_topic, (key, value)| new_topic.set(key, value),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics([&new_topic], &options).await? {
+        result.map_err(|(name, e)| anyhow::anyhow!("creating topic {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Waits for one message's delivery report (none to wait for is fine).
+pub async fn settle(delivery: Option<DeliveryFuture>) -> anyhow::Result<()> {
+    let Some(delivery) = delivery else {
+        return Ok(());
+    };
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e).context("the broker refused a message"),
+        Err(_) => bail!("the producer dropped a message before its delivery report"),
+    }
 }
 
 /// Schema names are built by scripts/bench; anything else is refused before it reaches SQL

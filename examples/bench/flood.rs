@@ -10,15 +10,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
 use objmeta::produce::{workload, WorkloadSpec};
 
-use crate::common;
+use crate::common::{self, settle};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -129,34 +127,16 @@ fn progress(done: u64, total: u64, bytes: u64, started: Instant) {
     );
 }
 
-async fn settle(delivery: Option<DeliveryFuture>) -> anyhow::Result<()> {
-    let Some(delivery) = delivery else {
-        return Ok(());
-    };
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e).context("the broker refused a message"),
-        Err(_) => bail!("the producer dropped a message before its delivery report"),
-    }
-}
-
 /// The topic, with the `max.message.bytes` that lets the large messages in.
 async fn create_topic(args: &Args) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka.brokers)
-        .create()
-        .context("creating the admin client")?;
     let max = args.max_message_bytes.to_string();
-    let topic = NewTopic::new(
+    common::create_topic(
+        &args.kafka.brokers,
         &args.kafka.topic,
         args.partitions,
-        TopicReplication::Fixed(-1),
+        &[("max.message.bytes", &max)],
     )
-    .set("max.message.bytes", &max);
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics([&topic], &options).await? {
-        result.map_err(|(name, e)| anyhow::anyhow!("creating topic {name}: {e}"))?;
-    }
+    .await?;
     eprintln!(
         "[flood] created topic {} ({} partitions, max.message.bytes {max})",
         args.kafka.topic, args.partitions

@@ -26,6 +26,10 @@ pub struct Args {
     /// Names this run in the report (e.g. before, after).
     #[arg(long, default_value = "heads")]
     label: String,
+    /// The `phase` of the printed figures (the report's section: the backfill's, or the
+    /// enrichment's).
+    #[arg(long, default_value = "backfill_heads")]
+    phase: String,
     /// The S3 server's process, whose CPU is reported.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -96,7 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         found as f64 / seconds
     );
     Ok(json!({
-        "phase": "backfill_heads",
+        "phase": args.phase,
         "label": label,
         "bucket": bucket,
         "objects": objects,

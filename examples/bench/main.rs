@@ -13,12 +13,15 @@
 //! - `s3-fill`: creates a bucket and puts small objects with one user metadata entry each.
 //! - `s3-heads`: the bare concurrent HeadObject loop over every key, with objmeta's S3 client.
 //! - `s3-backfill`: runs `objmeta backfill` on the bucket; wall time, peak RSS, CPU.
+//! - `enrich-produce`: publishes one versitygw-format event per object of a filled bucket to
+//!   a fresh topic (the enrichment benchmark: objmeta reads each object with HeadObject).
 //! - `s3-drop`: deletes a bucket's objects and the bucket.
 //! - `cleanup`: drops a run's schemas and topics.
 
 mod backfill;
 mod ceiling;
 mod common;
+mod enrich;
 mod flood;
 mod heads;
 mod naive;
@@ -54,6 +57,8 @@ enum Cmd {
     S3Heads(heads::Args),
     /// Run `objmeta backfill` on a bucket; measure its rate, peak RSS and CPU.
     S3Backfill(backfill::Args),
+    /// Publish one versitygw-format event per object of a filled bucket to a fresh topic.
+    EnrichProduce(enrich::Args),
     /// Delete every object of a bucket, then the bucket.
     S3Drop(s3::BucketArgs),
     /// Print the table from collected JSON lines and write the results file.
@@ -73,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::S3Fill(args) => s3::fill(args).await?,
         Cmd::S3Heads(args) => heads::run(args).await?,
         Cmd::S3Backfill(args) => backfill::run(args).await?,
+        Cmd::EnrichProduce(args) => enrich::produce(args).await?,
         Cmd::S3Drop(args) => s3::drop_bucket(args).await?,
         Cmd::Report(args) => return report::run(args),
         Cmd::Cleanup(args) => return common::cleanup(args).await,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 mod backfill;
+mod enrich;
 mod flood;
 
 #[derive(clap::Args)]
@@ -37,7 +38,7 @@ const SATURATED_PERCENT: f64 = 90.0;
 pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let mut results = json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": [], "flood": null, "backfill": null});
+    let mut results = json!({"meta": {}, "ceiling": null, "naive": null, "catchup": [], "steady": [], "flood": null, "backfill": null, "enrich": null});
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let value: Value =
             serde_json::from_str(line).with_context(|| format!("bad line {line}"))?;
@@ -56,6 +57,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "backfill_fill" => merge(&mut results["backfill"], "fill", value),
             "backfill_heads" => push(&mut results["backfill"]["heads"], value),
             "backfill" => merge(&mut results["backfill"], "run", value),
+            "enrich_setup" => {
+                let concurrency = value["concurrency"].clone();
+                merge(&mut results["enrich"], "concurrency", concurrency);
+            }
+            "enrich_fill" => merge(&mut results["enrich"], "fill", value),
+            "enrich_produce" => merge(&mut results["enrich"], "produce", value),
+            "enrich_heads" => push(&mut results["enrich"]["heads"], value),
+            "enrich" => merge(&mut results["enrich"], "run", value),
+            "enrich_rows" => merge(&mut results["enrich"], "rows", value),
+            "enrich_metrics" => merge(&mut results["enrich"], "metrics", value),
             other => eprintln!("bench report: ignoring phase {other:?}"),
         }
     }
@@ -184,6 +195,7 @@ fn render(results: &Value) -> (String, Value) {
     render_steady(&mut out, results);
     flood::render(&mut out, &results["flood"]);
     backfill::render(&mut out, &results["backfill"]);
+    enrich::render(&mut out, &results["enrich"], catchup(results, "distinct"));
     let verdicts = render_verdicts(&mut out, results, ceiling_rate, naive_rate);
     (out, verdicts)
 }
@@ -380,7 +392,11 @@ fn render_verdicts(
     let flood_rss = flood::peak_rss_mib(&results["flood"]);
     let backfill_share = backfill::share_of_heads(&results["backfill"]);
     let backfill_rss = backfill::peak_rss_mib(&results["backfill"]);
-    let _ = writeln!(out, "\nRatios and targets (issue 5; backfill: issue 10)");
+    let enrich_share = enrich::share_of_heads(&results["enrich"]);
+    let _ = writeln!(
+        out,
+        "\nRatios and targets (issue 5; backfill: issue 10; enrichment)"
+    );
     let mut line = |name: &str, figure: String, target: String, met: Option<bool>| {
         let _ = writeln!(
             out,
@@ -468,6 +484,12 @@ fn render_verdicts(
             format!("< {:.0} MiB", backfill::TARGET_RSS_MIB),
             backfill_rss.map(|r| r < backfill::TARGET_RSS_MIB),
         ),
+        line(
+            "enrichment catch-up / bare HeadObject loop",
+            fmt(enrich_share.map(|r| r * 100.0), 1) + " %",
+            format!(">= {:.0} %", enrich::TARGET_SHARE_OF_HEADS * 100.0),
+            enrich_share.map(|r| r >= enrich::TARGET_SHARE_OF_HEADS),
+        ),
     ];
     let _ = writeln!(
         out,
@@ -490,6 +512,7 @@ fn render_verdicts(
         "flood_peak_rss_mib": flood_rss,
         "backfill_over_heads": backfill_share,
         "backfill_peak_rss_mib": backfill_rss,
+        "enrich_over_heads": enrich_share,
         "machine_saturated_in_scale_out": saturated,
         "targets": verdicts,
     })

@@ -69,6 +69,9 @@ pub struct FillArgs {
     /// What the S3 server is, for the report (e.g. whether it keeps connections alive).
     #[arg(long, default_value = "")]
     server: String,
+    /// The `phase` of the printed figures (the report's section).
+    #[arg(long, default_value = "backfill_fill")]
+    phase: String,
 }
 
 /// Creates the bucket (it must not exist yet) and puts `--objects` objects: the body is the
@@ -119,7 +122,7 @@ pub async fn fill(args: FillArgs) -> anyhow::Result<Value> {
         args.objects
     );
     Ok(json!({
-        "phase": "backfill_fill",
+        "phase": args.phase,
         "bucket": bucket,
         "server": args.server,
         "objects": args.objects,

@@ -19,10 +19,10 @@ fn heads(backfill: &Value) -> impl Iterator<Item = &Value> {
     backfill["heads"].as_array().into_iter().flatten()
 }
 
-/// The reference rate: the best of the HEAD loops (run before and after the backfill), so
-/// that the ratio is not flattered by a slow reference run.
-fn heads_rate(backfill: &Value) -> Option<f64> {
-    heads(backfill)
+/// The reference rate: the best of the HEAD loops (run before and after the backfill, or the
+/// enrichment), so that the ratio is not flattered by a slow reference run.
+pub fn heads_rate(section: &Value) -> Option<f64> {
+    heads(section)
         .filter_map(|h| num(&h["objects_per_s"]))
         .reduce(f64::max)
 }
@@ -55,19 +55,9 @@ pub fn objects(backfill: &Value) -> String {
     text(&backfill["fill"]["objects"])
 }
 
-pub fn render(out: &mut String, backfill: &Value) {
-    if backfill.is_null() {
-        return;
-    }
-    let fill = &backfill["fill"];
-    let _ = writeln!(
-        out,
-        "\nBackfill: bucket of {} objects (1 user metadata entry each), put at {} objects/s; concurrency {}\n  S3 server: {}",
-        text(&fill["objects"]),
-        fmt_rate(num(&fill["objects_per_s"])),
-        text(&fill["concurrency"]),
-        text(&fill["server"])
-    );
+/// The column heads and a row per HEAD loop of a section (`section["heads"]`): the backfill's,
+/// or the enrichment's.
+pub fn render_heads(out: &mut String, section: &Value) {
     let _ = writeln!(
         out,
         "  {:<44} {:>9} {:>8} {:>10} {:>9} {:>9} {:>6} {:>7} {:>5}",
@@ -81,7 +71,7 @@ pub fn render(out: &mut String, backfill: &Value) {
         "others",
         "irq"
     );
-    for h in heads(backfill) {
+    for h in heads(section) {
         let _ = writeln!(
             out,
             "  {:<44} {:>9} {:>8} {:>10} {:>9} {:>9} {:>6} {:>7} {:>5}",
@@ -96,6 +86,22 @@ pub fn render(out: &mut String, backfill: &Value) {
             fmt(num(&h["interrupt_cores"]), 2)
         );
     }
+}
+
+pub fn render(out: &mut String, backfill: &Value) {
+    if backfill.is_null() {
+        return;
+    }
+    let fill = &backfill["fill"];
+    let _ = writeln!(
+        out,
+        "\nBackfill: bucket of {} objects (1 user metadata entry each), put at {} objects/s; concurrency {}\n  S3 server: {}",
+        text(&fill["objects"]),
+        fmt_rate(num(&fill["objects_per_s"])),
+        text(&fill["concurrency"]),
+        text(&fill["server"])
+    );
+    render_heads(out, backfill);
     let run = &backfill["run"];
     if let Some(error) = run["error"].as_str() {
         let _ = writeln!(out, "  objmeta backfill FAILED: {error}");

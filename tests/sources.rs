@@ -350,3 +350,24 @@ async fn a_refused_head_keeps_the_offsets_and_dead_letters_nothing() {
     wait_ready(fixed.http_port).await;
     fixed.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_that_need_a_head_without_an_s3_endpoint_stop_objmeta_clearly() {
+    let bed = TestBed::new("sources_no_s3", 1).await;
+    bed.publish_raw(0, None, Some(&versitygw_put("b", "k")))
+        .await;
+    // The binary, without the S3 server scripts/test exports to the tests.
+    let mut objmeta = bed.spawn_binary_env(&[], &[("S3_ENDPOINT", "")]);
+    wait_until(Duration::from_secs(60), "objmeta to stop by itself", || {
+        let running = objmeta.running();
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    let log = objmeta.log();
+    assert!(
+        log.contains("S3_ENDPOINT") && log.contains("--enrich never"),
+        "{log}"
+    );
+    assert_eq!(bed.committed_offsets(), vec![-1], "nothing committed");
+    assert!(bed.dead_letters().await.is_empty(), "nothing dead-lettered");
+}

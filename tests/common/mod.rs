@@ -981,7 +981,8 @@ impl Drop for PrivateServices {
 }
 
 impl TestBed {
-    /// Like `spawn_binary`, with extra environment (overriding the bed's).
+    /// Like `spawn_binary`, with extra environment (overriding the bed's and the test
+    /// process's); an empty value removes the variable.
     pub fn spawn_binary_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Binary {
         let http_port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
@@ -997,7 +998,10 @@ impl TestBed {
             .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("LOG_LEVEL", "info");
         for (key, value) in env {
-            command.env(key, value);
+            match value.is_empty() {
+                true => command.env_remove(key),
+                false => command.env(key, value),
+            };
         }
         let child = command
             .stdout(Stdio::null())

@@ -393,7 +393,7 @@ impl RunConfig {
                 "--reconcile-every and --reconcile-concurrency must be above zero".into(),
             ));
         }
-        if self.reconcile_every.is_some() && self.s3.s3_endpoint.is_none() {
+        if self.reconcile_every.is_some() && !self.s3.is_set() {
             return Err(Error::Config(
                 "--reconcile-every needs the S3 server: set --s3-endpoint (S3_ENDPOINT)".into(),
             ));
@@ -406,7 +406,7 @@ impl RunConfig {
         let decoding = self.decoding();
         let always_reads = self.enrich == Enrich::Always
             || (decoding.may_read() && decoding.source != SourceChoice::Auto);
-        if always_reads && self.s3.s3_endpoint.is_none() {
+        if always_reads && !self.s3.is_set() {
             return Err(Error::Config(
                 "--enrich reads objects with HeadObject for these events: set --s3-endpoint \
                  (S3_ENDPOINT) and its keys, or --enrich never"
@@ -589,8 +589,14 @@ mod tests {
             "garage"
         ])
         .is_err());
+        // An empty endpoint is none (scripts/test exports S3_ENDPOINT to the tests).
         for refused in [&["--source", "versitygw"][..], &["--enrich", "always"]] {
-            let error = run_config(refused).validate().unwrap_err().to_string();
+            let refused: Vec<&str> = refused
+                .iter()
+                .copied()
+                .chain(["--s3-endpoint", ""])
+                .collect();
+            let error = run_config(&refused).validate().unwrap_err().to_string();
             assert!(error.contains("S3_ENDPOINT"), "{refused:?}: {error}");
         }
         let minio = run_config(&["--source", "minio"]);

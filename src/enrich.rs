@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{self, StreamExt};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -48,15 +48,18 @@ pub enum EnrichError {
 /// Reads hinted objects, at most `concurrency` HEADs at a time across all write lanes.
 pub struct Enricher {
     s3: S3,
+    concurrency: usize,
     permits: Arc<Semaphore>,
     metrics: Metrics,
 }
 
 impl Enricher {
     pub fn new(s3: S3, concurrency: usize, metrics: Metrics) -> Self {
+        let concurrency = concurrency.max(1);
         Enricher {
             s3,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency,
+            permits: Arc::new(Semaphore::new(concurrency)),
             metrics,
         }
     }
@@ -78,13 +81,18 @@ impl Enricher {
         }
         let at = sink.now().await.map_err(EnrichError::Clock)?;
         attempt.touch();
-        let mut reads: FuturesUnordered<_> = hints
+        let targets: Vec<(usize, String, String)> = hints
             .into_iter()
             .map(|index| {
                 let object = &batch.changes[index].object;
-                self.head(index, object.bucket.clone(), object.key.clone())
+                (index, object.bucket.clone(), object.key.clone())
             })
             .collect();
+        // No more HEAD futures than can run: one of the SDK's is tens of KiB, and a batch
+        // holds thousands of objects.
+        let mut reads = stream::iter(targets)
+            .map(|(index, bucket, key)| self.head(index, bucket, key))
+            .buffer_unordered(self.concurrency);
         let mut failure: Option<S3Error> = None;
         let mut unreadable = Vec::new();
         while let Some((index, result)) = reads.next().await {

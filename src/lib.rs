@@ -172,7 +172,7 @@ fn s3_client(config: &s3::S3Config) -> Result<s3::S3, Error> {
 /// The reader of hinted objects, when events may need one and the S3 endpoint is set
 /// (`RunConfig::validate` refuses a configuration that always reads without one).
 fn enricher(config: &RunConfig, metrics: &Metrics) -> Result<Option<Arc<Enricher>>, Error> {
-    if !config.decoding().may_read() || config.s3.s3_endpoint.is_none() {
+    if !config.decoding().may_read() || !config.s3.is_set() {
         return Ok(None);
     }
     let s3 = s3_client(&config.s3)?;

@@ -65,6 +65,14 @@ impl S3Config {
         Ok(())
     }
 
+    /// Whether an endpoint is given: an empty one (`S3_ENDPOINT=`, as compose files leave an
+    /// unset variable) is none.
+    pub fn is_set(&self) -> bool {
+        self.s3_endpoint
+            .as_deref()
+            .is_some_and(|endpoint| !endpoint.trim().is_empty())
+    }
+
     /// The endpoint URL, which must be `http://` or `https://` with a host.
     pub(super) fn endpoint(&self) -> Result<&str, S3Error> {
         let endpoint = self.s3_endpoint.as_deref().map(str::trim).unwrap_or("");

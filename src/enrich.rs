@@ -73,21 +73,24 @@ impl Enricher {
         sink: &Sink,
         attempt: &Attempt,
     ) -> Result<(), EnrichError> {
-        let hints: Vec<usize> = (0..batch.changes.len())
-            .filter(|&i| batch.changes[i].basis == Basis::Hint)
+        let targets: Vec<(usize, String, String)> = batch
+            .changes
+            .iter()
+            .enumerate()
+            .filter(|(_, change)| change.basis == Basis::Hint)
+            .map(|(index, change)| {
+                (
+                    index,
+                    change.object.bucket.clone(),
+                    change.object.key.clone(),
+                )
+            })
             .collect();
-        if hints.is_empty() {
+        if targets.is_empty() {
             return Ok(());
         }
         let at = sink.now().await.map_err(EnrichError::Clock)?;
         attempt.touch();
-        let targets: Vec<(usize, String, String)> = hints
-            .into_iter()
-            .map(|index| {
-                let object = &batch.changes[index].object;
-                (index, object.bucket.clone(), object.key.clone())
-            })
-            .collect();
         // No more HEAD futures than can run: one of the SDK's is tens of KiB, and a batch
         // holds thousands of objects.
         let mut reads = stream::iter(targets)

@@ -13,28 +13,15 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_s3::types::MetadataDirective;
 use serde_json::{json, Value};
 
 use common::bucket::{admin_at, Bucket, PrivateS3};
 use common::{fixture, http_get, wait_until, TestBed};
 
-/// The S3 flags of `objmeta run` for the server at `endpoint`, with the tests' keys.
+/// The S3 flags of `objmeta run` for the server at `endpoint`, with the tests' keys or a
+/// wrong secret key.
 fn s3_flags(endpoint: &str, secret_key: Option<&str>) -> Vec<String> {
-    let s3 = common::s3();
-    [
-        "--s3-endpoint",
-        endpoint,
-        "--s3-region",
-        &s3.region,
-        "--s3-access-key",
-        &s3.access_key,
-        "--s3-secret-key",
-        secret_key.unwrap_or(&s3.secret_key),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    common::s3_flags(endpoint, secret_key.unwrap_or(&common::s3().secret_key))
 }
 
 fn refs(args: &[String]) -> Vec<&str> {
@@ -59,23 +46,6 @@ async fn wait_ready(port: u16) {
             .filter(|(status, _)| *status == 200)
     })
     .await;
-}
-
-async fn copy_with_metadata(bucket: &Bucket, key: &str, metadata: &[(&str, &str)]) {
-    let mut request = bucket
-        .client
-        .copy_object()
-        .bucket(&bucket.name)
-        .key(key)
-        .copy_source(format!("{}/{key}", bucket.name))
-        .metadata_directive(MetadataDirective::Replace);
-    for (name, value) in metadata {
-        request = request.metadata(*name, *value);
-    }
-    request
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("copy {key} onto itself: {e:?}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,12 +73,12 @@ async fn versitygw_notifications_end_with_the_table_as_the_bucket_is() {
             &[("api", "https://api.example.com/v1"), ("id", "1843")],
         )
         .await;
-    copy_with_metadata(
-        &bucket,
-        "plain.txt",
-        &[("api", "https://api.example.com/v1"), ("id", "1844")],
-    )
-    .await;
+    bucket
+        .replace_metadata(
+            "plain.txt",
+            &[("api", "https://api.example.com/v1"), ("id", "1844")],
+        )
+        .await;
     for key in ["dir one/a+b 100% ü.txt", "a+b", "x%2Fy", "50%.txt"] {
         bucket.put(key, key.as_bytes(), &[("id", key)]).await;
     }

@@ -68,6 +68,16 @@ pub enum Basis {
     Read { at: OffsetDateTime },
 }
 
+impl Basis {
+    /// An event's basis: a hint where its state is read from the store.
+    fn of(reads: bool) -> Basis {
+        match reads {
+            true => Basis::Hint,
+            false => Basis::Event,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// The object exists with this state (`s3:ObjectCreated:*`).
@@ -209,15 +219,20 @@ impl EventFamily {
     }
 }
 
-/// Whether a removal with a version id removes only that version, which leaves the object
-/// in place unless it is the current one: a delete of one version (`ObjectRemoved:Delete`),
-/// or Ceph's lifecycle expiration of a noncurrent version.
-fn removes_one_version(event_name: &str) -> bool {
+/// The removal an event of the `removed` family makes. With a version id, a delete of one
+/// version (`ObjectRemoved:Delete`) or Ceph's lifecycle expiration of a noncurrent version
+/// removes only that version, which leaves the object in place unless it is the current
+/// one; a hint is read instead, so it needs no such condition.
+fn removal(event_name: &str, version_id: Option<String>, reads: bool) -> Action {
     let name = event_name.strip_prefix("s3:").unwrap_or(event_name);
-    matches!(
+    let one_version = matches!(
         name,
         "ObjectRemoved:Delete" | "ObjectLifecycle:Expiration:Noncurrent"
-    )
+    );
+    Action::Remove {
+        only_if_current_version: !reads && one_version && version_id.is_some(),
+        version_id,
+    }
 }
 
 /// What one Kafka message holds.
@@ -441,10 +456,7 @@ fn convert(
     let reads = decoding.reads_state(store);
     let action = match family {
         EventFamily::Created => Action::Upsert(object_state(&record.s3.object, version_id)?),
-        _ => Action::Remove {
-            only_if_current_version: !reads && removes_one_version(&name) && version_id.is_some(),
-            version_id,
-        },
+        _ => removal(&name, version_id, reads),
     };
     let change = Change {
         object,
@@ -454,7 +466,7 @@ fn convert(
         action,
         // No message holds 2^32 records; saturating keeps this total.
         record: u32::try_from(index).unwrap_or(u32::MAX),
-        basis: if reads { Basis::Hint } else { Basis::Event },
+        basis: Basis::of(reads),
     };
     Ok((Some(store), Ok(change)))
 }
@@ -514,10 +526,7 @@ fn eventbridge(
                 .and_then(unquote_etag),
             ..ObjectState::default()
         }),
-        _ => Action::Remove {
-            only_if_current_version: !reads && removes_one_version(&name) && version_id.is_some(),
-            version_id,
-        },
+        _ => removal(&name, version_id, reads),
     };
     let change = Change {
         object,
@@ -526,7 +535,7 @@ fn eventbridge(
         sequencer,
         action,
         record: 0,
-        basis: if reads { Basis::Hint } else { Basis::Event },
+        basis: Basis::of(reads),
     };
     Ok(Parsed {
         changes: vec![change],

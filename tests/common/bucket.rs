@@ -110,6 +110,25 @@ impl Bucket {
         self.head(key).await.expect("the object just put")
     }
 
+    /// Replaces the user metadata of `key` as S3 clients do: by copying the object onto
+    /// itself with the `REPLACE` directive.
+    pub async fn replace_metadata(&self, key: &str, metadata: &[(&str, &str)]) {
+        let mut request = self
+            .client
+            .copy_object()
+            .bucket(&self.name)
+            .key(key)
+            .copy_source(format!("{}/{key}", self.name))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace);
+        for (name, value) in metadata {
+            request = request.metadata(*name, *value);
+        }
+        request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("copy {key} onto itself: {e:?}"));
+    }
+
     /// Puts every object (key, user metadata) `concurrency` at a time; the body is the key.
     pub async fn fill(&self, objects: &[(String, Vec<(String, String)>)], concurrency: usize) {
         futures::stream::iter(objects)

@@ -122,6 +122,24 @@ fn init_logging() {
     }
 }
 
+/// The S3 flags of objmeta for the server at `endpoint`: the tests' region and access key,
+/// and `secret_key` (the tests' own, or a wrong one).
+pub fn s3_flags(endpoint: &str, secret_key: &str) -> Vec<String> {
+    let s3 = s3();
+    [
+        "--s3-endpoint",
+        endpoint,
+        "--s3-region",
+        &s3.region,
+        "--s3-access-key",
+        &s3.access_key,
+        "--s3-secret-key",
+        secret_key,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -268,7 +286,7 @@ impl TestBed {
         bucket: &str,
         extra: &[&str],
     ) -> ListingConfig {
-        let s3 = s3();
+        let flags = s3_flags(endpoint, &s3().secret_key);
         let mut args = vec![
             "objmeta",
             command,
@@ -278,17 +296,10 @@ impl TestBed {
             &self.services.database_url,
             "--database-schema",
             &self.schema,
-            "--s3-endpoint",
-            endpoint,
-            "--s3-region",
-            &s3.region,
-            "--s3-access-key",
-            &s3.access_key,
-            "--s3-secret-key",
-            &s3.secret_key,
             "--progress",
             "off",
         ];
+        args.extend(flags.iter().map(String::as_str));
         args.extend_from_slice(extra);
         match Cli::try_parse_from(args)
             .expect("valid listing arguments")

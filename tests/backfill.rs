@@ -328,8 +328,10 @@ async fn reads_and_events_follow_the_version_scheme() {
 
 /// The undecidable case: an event of the object's second that is not older than the read's
 /// start. The backfill reads the object again, after the event, and the bucket's state wins.
-/// Its window is the rest of one second, so the test aims at the start of a second and tries
-/// again when the machine was too slow to land in it.
+/// Its window is the rest of one second, so the slow part (the claim's trip through Kafka and
+/// objmeta) happens before that second: the claim names a second a few seconds ahead, the object
+/// is put at that second's start and read right away. An attempt whose put missed the second
+/// (a slow machine) is tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_same_second_tie_the_read_cannot_decide_is_settled_by_reading_again() {
     let bed = TestBed::new("backfill_unsettled", 1).await;
@@ -341,18 +343,25 @@ async fn a_same_second_tie_the_read_cannot_decide_is_settled_by_reading_again() 
     let mut sent = 0;
     for attempt in 0..5 {
         let key = format!("tie-{attempt}");
-        wait_for_start_of_second().await;
-        let put = bucket.put(&key, b"real", &[("id", "real")]).await;
-        // Claims a modification at the end of the object's second, with another ETag.
-        let end_of_second = ns(put.last_modified) + 990_000_000;
+        let second = OffsetDateTime::now_utc().unix_timestamp() + 3;
+        // Claims a modification at the end of that second, with another ETag.
         let claim = event(
             &bucket.name,
             &key,
-            end_of_second,
+            second * 1_000_000_000 + 990_000_000,
             ("e-claimed", 7),
             &[("X-Amz-Meta-Id", "claimed")],
         );
         consume(&bed, &mut sent, &[claim]).await;
+        if !wait_for_start_of(second).await {
+            println!("attempt {attempt}: the claim took past its second; again");
+            continue;
+        }
+        let put = bucket.put(&key, b"real", &[("id", "real")]).await;
+        if put.last_modified.unix_timestamp() != second {
+            println!("attempt {attempt}: the put missed the claimed second; again");
+            continue;
+        }
         let summary = backfill(&bed, &bucket.name, &[]).await;
         assert!(summary.succeeded(), "{summary:?}");
         let seen = bed.live_rows(&bucket.name).await[&key].clone();
@@ -373,17 +382,15 @@ async fn a_same_second_tie_the_read_cannot_decide_is_settled_by_reading_again() 
     panic!("no attempt landed inside the second of its object");
 }
 
-async fn wait_for_start_of_second() {
-    loop {
-        let now = OffsetDateTime::now_utc();
-        if now.millisecond() < 50 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(
-            u64::from(1000 - now.millisecond()) % 1000,
-        ))
-        .await;
+/// Sleeps until the start of the Unix second `second`; false when it has already passed.
+async fn wait_for_start_of(second: i64) -> bool {
+    let now = OffsetDateTime::now_utc();
+    let wait = i128::from(second) * 1_000_000_000 - now.unix_timestamp_nanos();
+    if wait < 0 {
+        return false;
     }
+    tokio::time::sleep(Duration::from_nanos(u64::try_from(wait).expect("positive"))).await;
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,30 +1,28 @@
 //! The "reduce" step: accumulates consumed messages into a batch that keeps,
-//! per object, only what can still decide its row, the dead letters, and
-//! for every partition the offset to commit once the batch is written.
+//! per object version, only what can still decide its row, every change for
+//! the history, the dead letters, and for every partition the offset to
+//! commit once the batch is written.
 //!
-//! The ordering rules (docs/reliability.md, "Ordering rules") make an
-//! object's state a function of the *set* of its events, so that
-//! duplicates, any delivery order and any batch split end in the same row.
-//! An object's state is two parts, each kept by "newest wins" under one
-//! total order ([`OrderKey`]):
-//! - `current`: the newest creation or unconditional removal (delete
-//!   marker, delete without a version id, lifecycle expiration);
-//! - `deleted_versions`: per version id, the newest delete of that one
-//!   version (`ObjectRemoved:Delete` with a `versionId`), kept only while it
-//!   is newer than `current`.
+//! The ordering rules (docs/versions.md) make every row a function of the
+//! *set* of changes, so that duplicates, any delivery order and any batch
+//! split end in the same rows. A version (bucket, key, version id; `null`
+//! without one) has two registers, each "newest wins" under one total order
+//! ([`OrderKey`]):
+//! - its state: the newest creation of that version, delete marker, or
+//!   removal naming it (a delete without a version id names `null`);
+//! - its permanent delete: the newest `ObjectRemoved:Delete` with that
+//!   version id ([`deletes_one_version`]).
 //!
-//! The object is live when `current` is a creation whose version has no
-//! such delete. The database row holds the same two parts and the upsert
-//! merges them the same way (sink.rs), so merging in the batch first changes
-//! nothing but the number of rows written.
+//! The database keeps the same registers (sql/0005's `object_versions`),
+//! merges them the same way and derives each object's current row from
+//! them, so reducing in the batch first changes nothing but the number of
+//! rows written.
 //!
 //! Pending work is kept per partition so that the work of revoked partitions
 //! can be dropped without touching the others (the new owner reads it again).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-use time::format_description::well_known::Rfc3339;
 
 use crate::budget::Reservation;
 use crate::event::{Action, Change, EventFamily, ObjectId};
@@ -60,12 +58,11 @@ pub enum Contribution {
     DeadLetter(DeadLetter),
 }
 
-/// The total order of an object's changes: sequencer first; at an equal
+/// The total order of a version's changes: sequencer first; at an equal
 /// sequencer a removal beats a creation; then the Kafka position of the
 /// event, which only means "later" within one partition but is a
 /// deterministic tie-break across partitions too (the higher partition
-/// wins). A state without a position (none yet: rows from the bucket itself
-/// in a later version) sorts below any event at the same sequencer.
+/// wins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OrderKey {
     pub sequencer: i64,
@@ -85,8 +82,8 @@ impl OrderKey {
     }
 }
 
-/// Whether `change` deletes one specific version (and so only matters when
-/// that version is the current one).
+/// Whether `change` permanently deletes one specific version (its second
+/// register), rather than being a version's state.
 pub fn deletes_one_version(change: &Change) -> bool {
     matches!(
         change.action,
@@ -97,12 +94,32 @@ pub fn deletes_one_version(change: &Change) -> bool {
     )
 }
 
-/// One object's reduced state within a batch.
+/// The version id a change names, `null` (S3's word) without one.
+pub fn version_key(change: &Change) -> &str {
+    let version = match &change.action {
+        Action::Upsert(state) => state.version_id.as_deref(),
+        Action::Remove { version_id, .. } => version_id.as_deref(),
+    };
+    version.unwrap_or(NULL_VERSION)
+}
+
+/// The version id of an unversioned object, as S3 spells it.
+pub const NULL_VERSION: &str = "null";
+
+/// One object version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct VersionId {
+    object: ObjectId,
+    version: String,
+}
+
+/// One version's changes within a batch and its two registers (indexes
+/// into `changes`).
 #[derive(Debug, Default)]
 struct Reduced {
-    current: Option<(Change, Origin)>,
-    /// Version id -> newest delete of that version, newer than `current`.
-    deleted_versions: BTreeMap<String, (Change, Origin)>,
+    changes: Vec<(Change, Origin)>,
+    state: Option<usize>,
+    delete: Option<usize>,
 }
 
 impl Reduced {
@@ -110,89 +127,88 @@ impl Reduced {
     /// one message share a key, and they always reach the same batch).
     fn add(&mut self, change: Change, origin: Origin) {
         let key = OrderKey::of(&change, origin);
-        if deletes_one_version(&change) {
-            let version = version_of(&change).unwrap_or_default().to_string();
-            let newer = self
-                .deleted_versions
-                .get(&version)
-                .is_none_or(|(old, o)| key >= OrderKey::of(old, *o));
-            if newer && self.current_key().is_none_or(|current| key > current) {
-                self.deleted_versions.insert(version, (change, origin));
-            }
-            return;
+        let index = self.changes.len();
+        let slot = match deletes_one_version(&change) {
+            true => &mut self.delete,
+            false => &mut self.state,
+        };
+        let newer = slot.is_none_or(|i| {
+            let (old, o) = &self.changes[i];
+            key >= OrderKey::of(old, *o)
+        });
+        if newer {
+            *slot = Some(index);
         }
-        if self.current_key().is_none_or(|current| key >= current) {
-            self.current = Some((change, origin));
-            self.deleted_versions
-                .retain(|_, (old, o)| OrderKey::of(old, *o) > key);
-        }
-    }
-
-    fn current_key(&self) -> Option<OrderKey> {
-        self.current.as_ref().map(|(c, o)| OrderKey::of(c, *o))
+        self.changes.push((change, origin));
     }
 
     fn merge(&mut self, other: Reduced) {
-        for (change, origin) in other.current.into_iter() {
-            self.add(change, origin);
-        }
-        for (change, origin) in other.deleted_versions.into_values() {
+        for (change, origin) in other.changes {
             self.add(change, origin);
         }
     }
 
-    /// The row to write: the current change (or, when there is none, the
-    /// newest version delete standing in for it) and the version deletes as
-    /// JSON text, in the shape the table keeps them. `None` only for a
-    /// state that never received a change.
-    fn into_row(self) -> Option<(Change, Origin, String)> {
-        let json = deleted_versions_json(&self.deleted_versions);
-        let row = match self.current {
-            Some(current) => current,
-            None => self
-                .deleted_versions
-                .into_values()
-                .max_by_key(|(c, o)| OrderKey::of(c, *o))?,
+    /// The version's row (its state, or its delete standing in for it, and
+    /// its delete beside a state), and, when `history` is kept, each
+    /// distinct change of the version once.
+    fn into_row(mut self, history: &mut Vec<(Change, Origin)>, keep: bool) -> Option<Row> {
+        let take =
+            |changes: &[(Change, Origin)], index: Option<usize>| index.map(|i| changes[i].clone());
+        let (state, delete) = match keep {
+            true => (
+                take(&self.changes, self.state),
+                take(&self.changes, self.delete),
+            ),
+            false => {
+                let mut slots: Vec<Option<(Change, Origin)>> =
+                    self.changes.drain(..).map(Some).collect();
+                let mut out = |index: Option<usize>| index.and_then(|i| slots[i].take());
+                (out(self.state), out(self.delete))
+            }
         };
-        Some((row.0, row.1, json))
+        if keep {
+            self.changes
+                .sort_by(|a, b| history_key(&a.0).cmp(&history_key(&b.0)));
+            self.changes
+                .dedup_by(|a, b| history_key(&a.0) == history_key(&b.0));
+            history.append(&mut self.changes);
+        }
+        match (state, delete) {
+            (Some(state), delete) => Some(Row { state, delete }),
+            (None, Some(delete)) => Some(Row {
+                state: delete,
+                delete: None,
+            }),
+            (None, None) => None,
+        }
     }
 }
 
-/// `{"<version id>": {"sequencer": …, "partition": …, "offset": …,
-/// "event_time": "…"}, …}`, or `{}`.
-fn deleted_versions_json(deletes: &BTreeMap<String, (Change, Origin)>) -> String {
-    if deletes.is_empty() {
-        return EMPTY_JSON.to_string();
-    }
-    let entries: serde_json::Map<String, serde_json::Value> = deletes
-        .iter()
-        .map(|(version, (change, origin))| {
-            let entry = serde_json::json!({
-                "sequencer": change.sequencer,
-                "partition": origin.partition,
-                "offset": origin.offset,
-                "event_time": change.event_time.format(&Rfc3339).unwrap_or_default(),
-            });
-            (version.clone(), entry)
-        })
-        .collect();
-    serde_json::Value::Object(entries).to_string()
+/// What makes a history row unique besides its version (sql/0005).
+fn history_key(change: &Change) -> (i64, &str) {
+    (change.sequencer, change.event_name.as_str())
 }
 
-const EMPTY_JSON: &str = "{}";
+/// A version's row: its state change (or its permanent delete when the batch has no state)
+/// and its permanent delete beside a state.
+struct Row {
+    state: (Change, Origin),
+    delete: Option<(Change, Origin)>,
+}
 
-/// A batch ready to be written: one row per object, and the offsets that
-/// may be committed once the rows are durable.
+/// A batch ready to be written: one row per object version, and the offsets
+/// that may be committed once the rows are durable.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
-    /// Per object, its current change, or when the batch has none its
-    /// newest version delete (then a row with no current state).
+    /// Per object version, its state change, or when the batch has none its
+    /// permanent delete; in (object, version) order.
     pub changes: Vec<Change>,
     /// `origins[i]` is the message `changes[i]` came from.
     pub origins: Vec<Origin>,
-    /// `deleted_versions[i]`: the version deletes of `changes[i]`'s object
-    /// newer than its current change, as JSON object text (`{}` mostly).
-    pub deleted_versions: Vec<String>,
+    /// `deletes[i]`: the permanent delete of `changes[i]`'s version beside its state.
+    pub deletes: Vec<Option<(Change, Origin)>>,
+    /// Every distinct change of the batch, for `object_history` (empty when it is not kept).
+    pub history: Vec<(Change, Origin)>,
     pub dead_letters: Vec<DeadLetter>,
     /// Per partition, the offset to commit (last consumed offset + 1).
     pub commit_offsets: Vec<(i32, i64)>,
@@ -209,7 +225,7 @@ pub struct WriteBatch {
 
 #[derive(Debug, Default)]
 struct PartitionWork {
-    objects: HashMap<ObjectId, Reduced>,
+    versions: HashMap<VersionId, Reduced>,
     dead_letters: Vec<DeadLetter>,
     next_offset: i64,
     messages: u64,
@@ -218,13 +234,30 @@ struct PartitionWork {
 }
 
 /// The batch being accumulated by the pipeline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     partitions: HashMap<i32, PartitionWork>,
     started: Option<Instant>,
+    /// Whether every change goes to `object_history` (`--history`).
+    history: bool,
+}
+
+impl Default for Batch {
+    /// A batch that keeps the history, as objmeta does by default.
+    fn default() -> Self {
+        Batch::new(true)
+    }
 }
 
 impl Batch {
+    pub fn new(history: bool) -> Self {
+        Batch {
+            partitions: HashMap::new(),
+            started: None,
+            history,
+        }
+    }
+
     /// Adds one consumed message, and the budget it holds; its offset
     /// advances whatever it holds.
     pub fn add(&mut self, origin: Origin, contribution: Contribution, reservation: Reservation) {
@@ -240,21 +273,22 @@ impl Batch {
                         .families
                         .entry(EventFamily::of(&change.event_name))
                         .or_default() += 1;
-                    work.objects
-                        .entry(change.object.clone())
-                        .or_default()
-                        .add(change, origin);
+                    let id = VersionId {
+                        object: change.object.clone(),
+                        version: version_key(&change).to_string(),
+                    };
+                    work.versions.entry(id).or_default().add(change, origin);
                 }
             }
             Contribution::DeadLetter(dead_letter) => work.dead_letters.push(dead_letter),
         }
     }
 
-    /// Rows the batch would write: distinct objects plus dead letters.
+    /// Rows the batch would write: distinct object versions plus dead letters.
     pub fn rows(&self) -> usize {
         self.partitions
             .values()
-            .map(|w| w.objects.len() + w.dead_letters.len())
+            .map(|w| w.versions.len() + w.dead_letters.len())
             .sum()
     }
 
@@ -289,7 +323,7 @@ impl Batch {
         // The same object normally lives in one partition (MinIO keys its
         // messages by object), but a change of partition count can spread it:
         // merge across partitions so one statement never touches a row twice.
-        let mut merged: HashMap<ObjectId, Reduced> = HashMap::new();
+        let mut merged: HashMap<VersionId, Reduced> = HashMap::new();
         for (partition, work) in partitions {
             out.commit_offsets.push((partition, work.next_offset));
             out.messages += work.messages;
@@ -299,10 +333,10 @@ impl Batch {
             out.dead_letters.extend(work.dead_letters);
             out.reservation.merge(work.reservation);
             if merged.is_empty() {
-                merged = work.objects;
+                merged = work.versions;
             } else {
-                for (object, reduced) in work.objects {
-                    merged.entry(object).or_default().merge(reduced);
+                for (version, reduced) in work.versions {
+                    merged.entry(version).or_default().merge(reduced);
                 }
             }
         }
@@ -310,25 +344,19 @@ impl Batch {
         // Rows in key order: concurrent transactions (several write lanes)
         // that happen to share keys then lock them in the same order and
         // cannot deadlock; index inserts also get better locality.
-        let mut rows: Vec<(Change, Origin, String)> =
-            merged.into_values().filter_map(Reduced::into_row).collect();
-        rows.sort_unstable_by(|a, b| a.0.object.cmp(&b.0.object));
-        out.changes.reserve(rows.len());
-        out.origins.reserve(rows.len());
-        out.deleted_versions.reserve(rows.len());
-        for (change, origin, deleted_versions) in rows {
-            out.changes.push(change);
-            out.origins.push(origin);
-            out.deleted_versions.push(deleted_versions);
+        let mut versions: Vec<(VersionId, Reduced)> = merged.into_iter().collect();
+        versions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.changes.reserve(versions.len());
+        out.origins.reserve(versions.len());
+        out.deletes.reserve(versions.len());
+        for (_, reduced) in versions {
+            if let Some(row) = reduced.into_row(&mut out.history, self.history) {
+                out.changes.push(row.state.0);
+                out.origins.push(row.state.1);
+                out.deletes.push(row.delete);
+            }
         }
         out
-    }
-}
-
-fn version_of(change: &Change) -> Option<&str> {
-    match &change.action {
-        Action::Upsert(state) => state.version_id.as_deref(),
-        Action::Remove { version_id, .. } => version_id.as_deref(),
     }
 }
 
@@ -412,45 +440,80 @@ mod tests {
             (put("k", 5, None), origin(0, 2)),
         ]);
         assert!(matches!(out.changes[0].action, Action::Remove { .. }));
-        let out = reduce(vec![
-            (put("k", 5, Some("b")), origin(0, 9)),
-            (put("k", 5, Some("a")), origin(0, 3)),
-        ]);
-        assert_eq!(version_of(&out.changes[0]), Some("b"));
+        let tagged = |n: usize| {
+            let mut change = put("k", 5, Some("b"));
+            change.event_name = format!("s3:ObjectCreated:PutTagging{n}");
+            change
+        };
+        let out = reduce(vec![(tagged(1), origin(0, 9)), (tagged(2), origin(0, 3))]);
+        assert_eq!(out.changes.len(), 1);
+        assert_eq!(out.changes[0].event_name, "s3:ObjectCreated:PutTagging1");
     }
 
     #[test]
-    fn a_version_delete_of_the_current_version_survives_the_reduction() {
-        // The example: Put v1, Put v2, Delete v2 in one batch must
-        // end as one event at a time does (the object is not live).
+    fn each_version_keeps_its_state_and_its_permanent_delete() {
+        // Put v1, Put v2, Delete v2 in one batch: two version rows, v2's
+        // carrying its delete, so that the database reveals v1.
         let out = reduce(vec![
             (put("k", 1, Some("v1")), origin(0, 1)),
             (put("k", 2, Some("v2")), origin(0, 2)),
             (delete("k", 3, Some("v2"), true), origin(0, 3)),
         ]);
-        assert_eq!(version_of(&out.changes[0]), Some("v2"));
-        let deleted: serde_json::Value = serde_json::from_str(&out.deleted_versions[0]).unwrap();
-        assert_eq!(deleted["v2"]["sequencer"], 3);
+        let versions: Vec<&str> = out.changes.iter().map(version_key).collect();
+        assert_eq!(versions, vec!["v1", "v2"]);
+        assert!(out.deletes[0].is_none());
+        let (delete, at) = out.deletes[1].as_ref().expect("v2's delete");
+        assert_eq!((delete.sequencer, *at), (3, origin(0, 3)));
+        assert_eq!(out.history.len(), 3);
     }
 
     #[test]
-    fn version_deletes_older_than_the_current_state_are_pruned() {
+    fn a_delete_before_its_creation_is_kept_beside_it() {
         let out = reduce(vec![
             (delete("k", 3, Some("v1"), true), origin(0, 1)),
-            (put("k", 4, Some("v2")), origin(0, 2)),
+            (put("k", 2, Some("v1")), origin(0, 2)),
         ]);
-        assert_eq!(out.deleted_versions, vec!["{}".to_string()]);
+        assert_eq!(out.changes.len(), 1);
+        assert!(matches!(out.changes[0].action, Action::Upsert(_)));
+        assert_eq!(out.deletes[0].as_ref().map(|d| d.0.sequencer), Some(3));
     }
 
     #[test]
-    fn only_version_deletes_make_a_row_without_current_state() {
+    fn only_a_permanent_delete_makes_a_row_of_its_own() {
         let out = reduce(vec![
             (delete("k", 3, Some("v1"), true), origin(0, 1)),
             (delete("k", 5, Some("v2"), true), origin(0, 2)),
         ]);
-        assert!(deletes_one_version(&out.changes[0]));
-        let deleted: serde_json::Value = serde_json::from_str(&out.deleted_versions[0]).unwrap();
-        assert_eq!(deleted.as_object().unwrap().len(), 2);
+        assert_eq!(out.changes.len(), 2);
+        assert!(out.changes.iter().all(deletes_one_version));
+        assert!(out.deletes.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn history_keeps_each_distinct_change_once_and_only_when_asked() {
+        let changes = || {
+            vec![
+                (put("k", 1, None), origin(0, 1)),
+                (put("k", 1, None), origin(0, 2)),
+                (put("k", 2, None), origin(0, 3)),
+                (delete("k", 3, None, false), origin(0, 4)),
+            ]
+        };
+        let out = reduce(changes());
+        let kept: Vec<i64> = out.history.iter().map(|(c, _)| c.sequencer).collect();
+        assert_eq!(kept, vec![1, 2, 3]);
+        let mut batch = Batch::new(false);
+        for (change, origin) in changes() {
+            batch.add(
+                origin,
+                Contribution::Changes(vec![change]),
+                Reservation::default(),
+            );
+        }
+        let out = batch.take();
+        assert!(out.history.is_empty());
+        assert_eq!(out.changes.len(), 1);
+        assert_eq!(out.changes[0].sequencer, 3);
     }
 
     #[test]
@@ -487,7 +550,7 @@ mod tests {
             .iter()
             .position(|c| c.object.key == "a")
             .unwrap();
-        assert_eq!(out.deleted_versions.len(), out.changes.len());
+        assert_eq!(out.deletes.len(), out.changes.len());
         assert_eq!(out.changes[a].sequencer, 3);
         assert_eq!(out.origins[a], origin(0, 10));
     }

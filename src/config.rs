@@ -56,6 +56,8 @@ pub struct ListingConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub s3: S3Config,
+    #[command(flatten)]
+    pub history: HistoryConfig,
     /// Bucket to read; repeat the flag for several (read one after the other).
     #[arg(long = "bucket", value_name = "NAME", required = true)]
     pub buckets: Vec<String>,
@@ -119,6 +121,8 @@ pub struct RunConfig {
     pub kafka: KafkaConfig,
     #[command(flatten)]
     pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub history: HistoryConfig,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9187")]
     pub http_addr: SocketAddr,
@@ -183,6 +187,27 @@ pub struct RunConfig {
     /// shares the replica with consumption).
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 8)]
     pub reconcile_concurrency: usize,
+}
+
+/// What objmeta keeps besides the current rows (sql/0005).
+#[derive(Clone, Debug, Args)]
+pub struct HistoryConfig {
+    /// Append every change received (events and reads of the bucket) to object_history,
+    /// or not: `on`, `off`.
+    #[arg(long, env = "HISTORY", value_enum, default_value = "on")]
+    pub history: Switch,
+}
+
+impl HistoryConfig {
+    pub fn keeps(&self) -> bool {
+        self.history == Switch::On
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Kafka connection and consumer-group settings.

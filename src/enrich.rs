@@ -23,9 +23,11 @@ use futures::stream::{self, StreamExt};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
-use crate::batch::WriteBatch;
+use std::collections::{HashMap, HashSet};
+
+use crate::batch::{version_key, Origin, WriteBatch};
 use crate::error::SinkError;
-use crate::event::{Action, Basis, Change};
+use crate::event::{Action, Basis, Change, ObjectId};
 use crate::http::Attempt;
 use crate::metrics::Metrics;
 use crate::s3::{ObjectRead, S3Error, S3};
@@ -73,19 +75,7 @@ impl Enricher {
         sink: &Sink,
         attempt: &Attempt,
     ) -> Result<(), EnrichError> {
-        let targets: Vec<(usize, String, String)> = batch
-            .changes
-            .iter()
-            .enumerate()
-            .filter(|(_, change)| change.basis == Basis::Hint)
-            .map(|(index, change)| {
-                (
-                    index,
-                    change.object.bucket.clone(),
-                    change.object.key.clone(),
-                )
-            })
-            .collect();
+        let targets = hinted_objects(batch);
         if targets.is_empty() {
             return Ok(());
         }
@@ -94,39 +84,33 @@ impl Enricher {
         // No more HEAD futures than can run: one of the SDK's is tens of KiB, and a batch
         // holds thousands of objects.
         let mut reads = stream::iter(targets)
-            .map(|(index, bucket, key)| self.head(index, bucket, key))
+            .map(|object| self.head(object))
             .buffer_unordered(self.concurrency);
         let mut failure: Option<S3Error> = None;
-        let mut unreadable = Vec::new();
-        while let Some((index, result)) = reads.next().await {
+        let mut answers = HashMap::new();
+        while let Some((object, result)) = reads.next().await {
             attempt.touch();
             match result {
                 Ok(read) => {
-                    let change = &mut batch.changes[index];
-                    *change = read_change(change, read, at);
+                    answers.insert(object, Answer::Read(read));
                 }
                 Err(S3Error::InvalidResponse { request, detail }) => {
-                    unreadable.push((index, format!("{request}: {detail}")));
+                    answers.insert(object, Answer::Unreadable(format!("{request}: {detail}")));
                 }
                 Err(error) => failure = Some(worse(failure, error)),
             }
         }
         drop(reads);
-        dead_letter(batch, unreadable);
+        apply(batch, answers, at);
         failure.map_or(Ok(()), |error| Err(EnrichError::S3(error)))
     }
 
     /// One HEAD, under a permit, timed and counted.
-    async fn head(
-        &self,
-        index: usize,
-        bucket: String,
-        key: String,
-    ) -> (usize, Result<Option<ObjectRead>, S3Error>) {
+    async fn head(&self, object: ObjectId) -> (ObjectId, Result<Option<ObjectRead>, S3Error>) {
         // The semaphore is never closed: acquiring only waits.
         let _permit = self.permits.acquire().await;
         let started = Instant::now();
-        let result = self.s3.head(&bucket, &key).await;
+        let result = self.s3.head(&object.bucket, &object.key).await;
         self.metrics
             .enrich_head_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -136,7 +120,102 @@ impl Enricher {
             Err(e) => e.kind_label(),
         };
         self.metrics.enrich_heads.with_label_values(&[label]).inc();
-        (index, result)
+        (object, result)
+    }
+}
+
+/// What HeadObject said of one hinted object.
+enum Answer {
+    /// Its state (`None`: no such object).
+    Read(Option<ObjectRead>),
+    /// A response objmeta cannot read, and why.
+    Unreadable(String),
+}
+
+fn is_hint(change: &Change) -> bool {
+    change.basis == Basis::Hint
+}
+
+/// Whether a row (a version's change, and its delete beside it) rests on a hint.
+fn rests_on_hint(change: &Change, delete: Option<&(Change, Origin)>) -> bool {
+    is_hint(change) || delete.is_some_and(|(delete, _)| is_hint(delete))
+}
+
+/// The objects with a hint among the batch's rows, each once.
+fn hinted_objects(batch: &WriteBatch) -> Vec<ObjectId> {
+    let mut objects: Vec<ObjectId> = (0..batch.changes.len())
+        .filter(|&i| rests_on_hint(&batch.changes[i], batch.deletes[i].as_ref()))
+        .map(|i| batch.changes[i].object.clone())
+        .collect();
+    objects.dedup();
+    objects
+}
+
+/// Replaces the hint rows of every answered object: by one read row (the object's state now,
+/// whichever versions its hints named), or by dead letters when the answer cannot be read.
+/// The history keeps the read instead of the hints. Objects without an answer keep their
+/// hints for the next round.
+fn apply(batch: &mut WriteBatch, answers: HashMap<ObjectId, Answer>, at: OffsetDateTime) {
+    let rows = std::mem::take(&mut batch.changes)
+        .into_iter()
+        .zip(std::mem::take(&mut batch.origins))
+        .zip(std::mem::take(&mut batch.deletes));
+    let mut reads: Vec<(Change, Origin)> = Vec::new();
+    let mut read_objects = HashSet::new();
+    for ((change, origin), delete) in rows {
+        let hinted = rests_on_hint(&change, delete.as_ref());
+        match answers.get(&change.object) {
+            Some(Answer::Read(read)) if hinted => {
+                // The object's first hint row carries the read; the others go.
+                if read_objects.insert(change.object.clone()) {
+                    reads.push((read_change(&change, read.clone(), at), origin));
+                }
+            }
+            Some(Answer::Unreadable(reason)) if hinted => {
+                let reason = format!("HeadObject for the event's object: {reason}");
+                batch.dead_letters.push(change_dead_letter(
+                    &change,
+                    origin,
+                    "unreadable_object",
+                    reason,
+                ));
+            }
+            _ => {
+                batch.changes.push(change);
+                batch.origins.push(origin);
+                batch.deletes.push(delete);
+            }
+        }
+    }
+    if !batch.history.is_empty() {
+        batch
+            .history
+            .retain(|(change, _)| !(is_hint(change) && answers.contains_key(&change.object)));
+        batch.history.extend(reads.iter().cloned());
+    }
+    for (change, origin) in reads {
+        batch.changes.push(change);
+        batch.origins.push(origin);
+        batch.deletes.push(None);
+    }
+    sort_rows(batch);
+}
+
+/// Puts the rows back in (object, version) order, the order every write locks rows in.
+fn sort_rows(batch: &mut WriteBatch) {
+    let mut rows: Vec<((Change, Origin), Option<(Change, Origin)>)> =
+        std::mem::take(&mut batch.changes)
+            .into_iter()
+            .zip(std::mem::take(&mut batch.origins))
+            .zip(std::mem::take(&mut batch.deletes))
+            .collect();
+    rows.sort_by(|((a, _), _), ((b, _), _)| {
+        (&a.object, version_key(a)).cmp(&(&b.object, version_key(b)))
+    });
+    for ((change, origin), delete) in rows {
+        batch.changes.push(change);
+        batch.origins.push(origin);
+        batch.deletes.push(delete);
     }
 }
 
@@ -175,24 +254,6 @@ fn worse(current: Option<S3Error>, new: S3Error) -> S3Error {
     match current {
         Some(current) if !current.is_retriable() || new.is_retriable() => current,
         _ => new,
-    }
-}
-
-/// Replaces the changes at `unreadable` (with why) by dead letters carrying the event's
-/// object, so that nothing is written for them and the reason is kept.
-fn dead_letter(batch: &mut WriteBatch, mut unreadable: Vec<(usize, String)>) {
-    unreadable.sort_unstable_by_key(|(index, _)| std::cmp::Reverse(*index));
-    for (index, reason) in unreadable {
-        let change = batch.changes.remove(index);
-        let origin = batch.origins.remove(index);
-        batch.deleted_versions.remove(index);
-        let reason = format!("HeadObject for the event's object: {reason}");
-        batch.dead_letters.push(change_dead_letter(
-            &change,
-            origin,
-            "unreadable_object",
-            reason,
-        ));
     }
 }
 

@@ -109,6 +109,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             write_lanes: config.write_concurrency,
             memory_budget: config.memory_budget,
             decoding: config.decoding(),
+            history: config.history.keeps(),
         };
         let enricher = enricher(&config, &metrics)?;
         let consumed = Pipeline::new(
@@ -141,7 +142,8 @@ pub async fn read_buckets(
     config.validate()?;
     let s3 = s3_client(&config.s3)?;
     migrate(&config.database).await?;
-    let store = listing::store::Store::new(sink::connect(&config.database)?);
+    let store =
+        listing::store::Store::new(sink::connect(&config.database)?, config.history.keeps());
     let targets = listing::Target::each(&config.buckets, &config.prefix, kind);
     let settings = listing::Settings {
         concurrency: config.concurrency,
@@ -206,7 +208,7 @@ fn start_reconciler(
         database_pool_size: 2,
         ..config.database.clone()
     };
-    let store = listing::store::Store::new(sink::connect(&database)?);
+    let store = listing::store::Store::new(sink::connect(&database)?, config.history.keeps());
     let schedule = listing::schedule::Schedule {
         targets: listing::Target::each(
             &config.reconcile_buckets,

@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0004_reads_of_the_bucket.sql",
         sql: include_str!("../sql/0004_reads_of_the_bucket.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_object_versions.sql",
+        sql: include_str!("../sql/0005_object_versions.sql"),
+    },
 ];
 
 /// Arbitrary but fixed key of the advisory lock that serialises migrations.

@@ -64,6 +64,8 @@ pub struct Settings {
     pub memory_budget: usize,
     /// How messages are decoded (`--source`, `--enrich`).
     pub decoding: Decoding,
+    /// Whether every change is appended to `object_history` (`--history`).
+    pub history: bool,
 }
 
 /// The batch of some partitions, and the write of its previous one, if it
@@ -126,7 +128,10 @@ impl Pipeline {
             enricher,
         };
         let lanes = (0..settings.write_lanes.max(1))
-            .map(|_| Lane::default())
+            .map(|_| Lane {
+                batch: Batch::new(settings.history),
+                ..Lane::default()
+            })
             .collect();
         Ok(Pipeline {
             consumer,

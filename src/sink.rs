@@ -12,7 +12,7 @@ use deadpool_postgres::{GenericClient, ManagerConfig, Pool, RecyclingMethod, Run
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use crate::batch::{deletes_one_version, DeadLetter, Origin, WriteBatch};
+use crate::batch::{deletes_one_version, version_key, DeadLetter, Origin, WriteBatch};
 use crate::config::DatabaseConfig;
 use crate::dead_letter::{insert_dead_letters, DeadLetterCounts};
 use crate::error::{Disposition, SinkError};
@@ -21,21 +21,19 @@ use crate::http::Attempt;
 use crate::split::{halves, Plan, Step};
 use crate::tls::TlsSettings;
 
-/// The merge of an incoming row (`excluded`) into the stored one (`t`),
-/// shared by every statement that writes object rows (events here, reads of
-/// the bucket in `listing::store`), so that one rule orders them all: the
-/// current state is replaced only by one that supersedes it
-/// (`objmeta_supersedes`, sql/0004), and the version deletes are merged per
-/// version and pruned against the merged current state. When an event
-/// replaces a read of the very same state, the row keeps `read_at`: the
-/// bucket was seen in that state then, which a redelivered older event must
-/// still lose to. A row whose merge changes nothing is not updated at all
-/// (no new row version, no index churn).
-macro_rules! merge_into_stored {
+/// The merge of an incoming version row (`excluded`) into the stored one
+/// (`t`), shared by every statement that writes version rows (events here,
+/// reads of the bucket in `listing::store`), so that one rule orders them
+/// all: the state is replaced only by one that supersedes it
+/// (`objmeta_supersedes`, sql/0004 and 0005), the permanent delete only by
+/// a newer one. When an event replaces a read of the very same state, the
+/// row keeps `read_at`: the bucket was seen in that state then, which a
+/// redelivered older event must still lose to. A row whose merge changes
+/// nothing is not updated at all (no new row version, no index churn).
+macro_rules! merge_into_version {
     () => {
         r#"
-    ON CONFLICT (bucket, key) DO UPDATE SET
-        version_id = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.version_id ELSE t.version_id END,
+    ON CONFLICT (bucket, key, version_id) DO UPDATE SET
         size = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.size ELSE t.size END,
         etag = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.etag ELSE t.etag END,
         content_type = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.content_type ELSE t.content_type END,
@@ -50,48 +48,66 @@ macro_rules! merge_into_stored {
         read_at = CASE WHEN NOT objmeta_supersedes(excluded, t) THEN t.read_at
                        WHEN objmeta_same_state(excluded, t) THEN greatest(excluded.read_at, t.read_at)
                        ELSE excluded.read_at END,
-        deleted_versions = CASE
-            WHEN excluded.deleted_versions = '{}' AND t.deleted_versions = '{}' THEN t.deleted_versions
-            ELSE objmeta_merged_deleted_versions(excluded, t) END,
+        version_deleted_by = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_by ELSE t.version_deleted_by END,
+        version_deleted_at = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_at ELSE t.version_deleted_at END,
+        version_deleted_sequencer = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_sequencer ELSE t.version_deleted_sequencer END,
+        version_deleted_partition = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_partition ELSE t.version_deleted_partition END,
+        version_deleted_offset = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_offset ELSE t.version_deleted_offset END,
         updated_at = excluded.updated_at
-    WHERE objmeta_supersedes(excluded, t)
-       OR (excluded.deleted_versions <> '{}'
-           AND objmeta_merged_deleted_versions(excluded, t) <> t.deleted_versions)"#
+    WHERE objmeta_supersedes(excluded, t) OR objmeta_delete_supersedes(excluded, t)"#
     };
 }
-pub(crate) use merge_into_stored;
+pub(crate) use merge_into_version;
 
-/// Upserts a batch of object rows (one per object, reduced by batch.rs; an
-/// enriched one is a read of the bucket, with `read_at`), each merged into
-/// the stored one by [`merge_into_stored`]; that a merge
-/// which changes nothing writes nothing is what makes redelivered events
-/// cheap. Returns how many rows became, or stayed, live and how many not.
+/// Upserts a batch of version rows (one per object version, reduced by
+/// batch.rs; an enriched one is a read of the bucket, with `read_at`), each
+/// merged into the stored one by [`merge_into_version`]; that a merge which
+/// changes nothing writes nothing is what makes redelivered events cheap.
 pub const UPSERT_SQL: &str = concat!(
     r#"
-WITH incoming AS (
-    SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
-        $12::timestamptz[], $13::int4[], $14::int8[], $15::text[], $16::timestamptz[]
-    ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
-           system_metadata, event_name, event_time, sequencer, deleted_at,
-           kafka_partition, kafka_offset, deleted_versions, read_at)
-), written AS (
-    INSERT INTO object_metadata AS t (
-        bucket, key, version_id, size, etag, content_type, user_metadata,
-        system_metadata, event_name, event_time, sequencer, deleted_at,
-        kafka_partition, kafka_offset, deleted_versions, read_at, updated_at)
-    SELECT i.bucket, i.key, i.version_id, i.size, i.etag, i.content_type, i.user_metadata::jsonb,
-           i.system_metadata::jsonb, i.event_name, i.event_time, i.sequencer, i.deleted_at,
-           i.kafka_partition, i.kafka_offset, i.deleted_versions::jsonb, i.read_at, now()
-    FROM incoming i"#,
-    merge_into_stored!(),
-    r#"
-    RETURNING live
-)
-SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) FROM written
-"#
+INSERT INTO object_versions AS t (
+    bucket, key, version_id, size, etag, content_type, user_metadata,
+    system_metadata, event_name, event_time, sequencer, deleted_at,
+    kafka_partition, kafka_offset, read_at, version_deleted_by, version_deleted_at,
+    version_deleted_sequencer, version_deleted_partition, version_deleted_offset, updated_at)
+SELECT u.bucket, u.key, u.version_id, u.size, u.etag, u.content_type, u.user_metadata::jsonb,
+       u.system_metadata::jsonb, u.event_name, u.event_time, u.sequencer, u.deleted_at,
+       u.kafka_partition, u.kafka_offset, u.read_at, u.d_by, u.d_at, u.d_seq, u.d_part, u.d_off,
+       now()
+FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
+    $12::timestamptz[], $13::int4[], $14::int8[], $15::timestamptz[],
+    $16::text[], $17::timestamptz[], $18::int8[], $19::int4[], $20::int8[]
+) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
+       system_metadata, event_name, event_time, sequencer, deleted_at,
+       kafka_partition, kafka_offset, read_at, d_by, d_at, d_seq, d_part, d_off)"#,
+    merge_into_version!()
 );
+
+/// Derives the current rows of the given objects from their versions
+/// (sql/0005, `objmeta_derive`); counts the rows that became live and those
+/// that became not live (rows that did not change are not written).
+pub const DERIVE_SQL: &str =
+    "SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) \
+     FROM objmeta_derive($1::text[], $2::text[])";
+
+/// Appends changes to `object_history`; one already there is left alone.
+const HISTORY_SQL: &str = r#"
+INSERT INTO object_history (
+    bucket, key, version_id, event_name, sequencer, event_time, removal, size, etag,
+    content_type, user_metadata, system_metadata, kafka_partition, kafka_offset, read_at)
+SELECT u.bucket, u.key, u.version_id, u.event_name, u.sequencer, u.event_time, u.removal,
+       u.size, u.etag, u.content_type, u.user_metadata::jsonb, u.system_metadata::jsonb,
+       u.kafka_partition, u.kafka_offset, u.read_at
+FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[],
+    $7::bool[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[],
+    $13::int4[], $14::int8[], $15::timestamptz[]
+) AS u(bucket, key, version_id, event_name, sequencer, event_time, removal, size, etag,
+       content_type, user_metadata, system_metadata, kafka_partition, kafka_offset, read_at)
+ON CONFLICT DO NOTHING
+"#;
 
 /// The metadata of a tombstone.
 const EMPTY_OBJECT: &str = "{}";
@@ -321,6 +337,7 @@ impl Sink {
             .await
             .map_err(SinkError::postgres("begin"))?;
         let mut report = upsert(&tx, Rows::of(batch)).await?;
+        record_history(&tx, batch.history.iter().map(|(c, o)| (c, *o))).await?;
         report.dead_letters = insert_dead_letters(&tx, &self.topic, &batch.dead_letters).await?;
         tx.commit().await.map_err(SinkError::postgres("commit"))?;
         Ok(report)
@@ -342,6 +359,8 @@ impl Sink {
             .map_err(SinkError::postgres("begin"))?;
         let mut report = WriteReport::default();
         let mut refused = Vec::new();
+        // The versions whose row was refused: their changes are not history either.
+        let mut refused_versions = std::collections::HashSet::new();
         let mut ranges = plan.ranges();
         ranges.reverse();
         while let Some(range) = ranges.pop() {
@@ -367,6 +386,8 @@ impl Sink {
                 Step::Refuse => {
                     tracing::warn!(error = %error, "dead-lettering a row the database does not take");
                     refused.push(refused_row(batch, range.start, &error));
+                    let change = &batch.changes[range.start];
+                    refused_versions.insert((&change.object, version_key(change)));
                 }
                 Step::Halve if error.disposition() == Disposition::Split => {
                     let (first, second) = plan.cut(&range);
@@ -383,6 +404,14 @@ impl Sink {
                 .map_err(SinkError::postgres("rollback to savepoint"))?;
         }
         report.rejected = refused.len() as u64;
+        let kept = batch
+            .history
+            .iter()
+            .filter(|(change, _)| {
+                !refused_versions.contains(&(&change.object, version_key(change)))
+            })
+            .map(|(c, o)| (c, *o));
+        record_history(&tx, kept).await?;
         let all_dead = batch.dead_letters.iter().chain(refused.iter());
         report.dead_letters = insert_dead_letters(&tx, &self.topic, all_dead).await?;
         tx.commit().await.map_err(SinkError::postgres("commit"))?;
@@ -393,10 +422,11 @@ impl Sink {
 /// Column arrays for the upsert (`UPSERT_SQL`'s parameters, in order),
 /// borrowed from the batch's rows. Public for the benchmark's statement
 /// shapes.
+#[derive(Default)]
 pub struct UpsertColumns<'a> {
     pub bucket: Vec<&'a str>,
     pub key: Vec<&'a str>,
-    pub version_id: Vec<Option<&'a str>>,
+    pub version_id: Vec<&'a str>,
     pub size: Vec<Option<i64>>,
     pub etag: Vec<Option<&'a str>>,
     pub content_type: Vec<Option<&'a str>>,
@@ -405,13 +435,17 @@ pub struct UpsertColumns<'a> {
     pub system_metadata: Vec<&'a str>,
     pub event_name: Vec<Option<&'a str>>,
     pub event_time: Vec<Option<time::OffsetDateTime>>,
-    /// `None` for a row with no current state (only version deletes).
+    /// `None` for a row with no state (only its permanent delete).
     pub sequencer: Vec<Option<i64>>,
     pub deleted_at: Vec<Option<time::OffsetDateTime>>,
     pub kafka_partition: Vec<Option<i32>>,
     pub kafka_offset: Vec<Option<i64>>,
-    pub deleted_versions: Vec<&'a str>,
     pub read_at: Vec<Option<time::OffsetDateTime>>,
+    pub deleted_by: Vec<Option<&'a str>>,
+    pub deleted_time: Vec<Option<time::OffsetDateTime>>,
+    pub deleted_sequencer: Vec<Option<i64>>,
+    pub deleted_partition: Vec<Option<i32>>,
+    pub deleted_offset: Vec<Option<i64>>,
 }
 
 /// The rows of a batch (or of a part of it), as the upsert takes them.
@@ -419,7 +453,7 @@ pub struct UpsertColumns<'a> {
 pub struct Rows<'a> {
     pub changes: &'a [Change],
     pub origins: &'a [Origin],
-    pub deleted_versions: &'a [String],
+    pub deletes: &'a [Option<(Change, Origin)>],
 }
 
 impl<'a> Rows<'a> {
@@ -427,7 +461,7 @@ impl<'a> Rows<'a> {
         Rows {
             changes: &batch.changes,
             origins: &batch.origins,
-            deleted_versions: &batch.deleted_versions,
+            deletes: &batch.deletes,
         }
     }
 
@@ -435,7 +469,7 @@ impl<'a> Rows<'a> {
         Rows {
             changes: &self.changes[range.clone()],
             origins: &self.origins[range.clone()],
-            deleted_versions: &self.deleted_versions[range],
+            deletes: &self.deletes[range],
         }
     }
 
@@ -446,42 +480,47 @@ impl<'a> Rows<'a> {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+
+    /// Distinct objects among the rows (they are in object order).
+    fn objects(&self) -> u64 {
+        let mut previous = None;
+        let mut count = 0;
+        for change in self.changes {
+            if previous != Some(&change.object) {
+                count += 1;
+                previous = Some(&change.object);
+            }
+        }
+        count
+    }
+}
+
+/// Where a change was seen: its Kafka position, or none for a read of the bucket.
+fn position(change: &Change, origin: Origin) -> (Option<i32>, Option<i64>) {
+    match change.basis {
+        Basis::Read { .. } => (None, None),
+        Basis::Event | Basis::Hint => (Some(origin.partition), Some(origin.offset)),
+    }
+}
+
+fn read_at(change: &Change) -> Option<time::OffsetDateTime> {
+    match change.basis {
+        Basis::Read { at } => Some(at),
+        Basis::Event | Basis::Hint => None,
+    }
 }
 
 impl<'a> UpsertColumns<'a> {
     pub fn new(rows: Rows<'a>) -> Self {
-        let n = rows.len();
-        let mut columns = UpsertColumns {
-            bucket: Vec::with_capacity(n),
-            key: Vec::with_capacity(n),
-            version_id: Vec::with_capacity(n),
-            size: Vec::with_capacity(n),
-            etag: Vec::with_capacity(n),
-            content_type: Vec::with_capacity(n),
-            user_metadata: Vec::with_capacity(n),
-            system_metadata: Vec::with_capacity(n),
-            event_name: Vec::with_capacity(n),
-            event_time: Vec::with_capacity(n),
-            sequencer: Vec::with_capacity(n),
-            deleted_at: Vec::with_capacity(n),
-            kafka_partition: Vec::with_capacity(n),
-            kafka_offset: Vec::with_capacity(n),
-            deleted_versions: Vec::with_capacity(n),
-            read_at: Vec::with_capacity(n),
-        };
-        for ((change, origin), deleted_versions) in rows
-            .changes
-            .iter()
-            .zip(rows.origins)
-            .zip(rows.deleted_versions)
-        {
-            columns.push(change, *origin, deleted_versions);
+        let mut columns = UpsertColumns::default();
+        for ((change, origin), delete) in rows.changes.iter().zip(rows.origins).zip(rows.deletes) {
+            columns.push(change, *origin, delete.as_ref());
         }
         columns
     }
 
-    /// The statement's parameters, `$1` to `$15`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 16] {
+    /// The statement's parameters, `$1` to `$20`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 20] {
         [
             &self.bucket,
             &self.key,
@@ -497,33 +536,54 @@ impl<'a> UpsertColumns<'a> {
             &self.deleted_at,
             &self.kafka_partition,
             &self.kafka_offset,
-            &self.deleted_versions,
             &self.read_at,
+            &self.deleted_by,
+            &self.deleted_time,
+            &self.deleted_sequencer,
+            &self.deleted_partition,
+            &self.deleted_offset,
         ]
     }
 
-    fn push(&mut self, change: &'a Change, origin: Origin, deleted_versions: &'a str) {
+    fn push(&mut self, change: &'a Change, origin: Origin, delete: Option<&'a (Change, Origin)>) {
         self.bucket.push(&change.object.bucket);
         self.key.push(&change.object.key);
-        self.deleted_versions.push(deleted_versions);
-        self.read_at.push(match change.basis {
-            Basis::Read { at } => Some(at),
-            Basis::Event | Basis::Hint => None,
-        });
+        self.version_id.push(version_key(change));
         if deletes_one_version(change) {
-            // No current state in this batch: the version delete is in
-            // `deleted_versions`; the current columns stay empty.
-            self.push_no_current_state();
-            return;
+            // No state of this version in the batch: only its delete.
+            self.push_state(None, origin);
+            self.push_delete(Some((change, origin)));
+        } else {
+            self.push_state(Some(change), origin);
+            self.push_delete(delete.map(|(c, o)| (c, *o)));
         }
+    }
+
+    fn push_state(&mut self, change: Option<&'a Change>, origin: Origin) {
+        let Some(change) = change else {
+            self.size.push(None);
+            self.etag.push(None);
+            self.content_type.push(None);
+            self.user_metadata.push(EMPTY_OBJECT);
+            self.system_metadata.push(EMPTY_OBJECT);
+            self.event_name.push(None);
+            self.event_time.push(None);
+            self.sequencer.push(None);
+            self.deleted_at.push(None);
+            self.kafka_partition.push(None);
+            self.kafka_offset.push(None);
+            self.read_at.push(None);
+            return;
+        };
         self.event_name.push(Some(&change.event_name));
         self.event_time.push(Some(change.event_time));
         self.sequencer.push(Some(change.sequencer));
-        self.kafka_partition.push(Some(origin.partition));
-        self.kafka_offset.push(Some(origin.offset));
+        let (partition, offset) = position(change, origin);
+        self.kafka_partition.push(partition);
+        self.kafka_offset.push(offset);
+        self.read_at.push(read_at(change));
         match &change.action {
             Action::Upsert(state) => {
-                self.version_id.push(state.version_id.as_deref());
                 self.size.push(state.size);
                 self.etag.push(state.etag.as_deref());
                 self.content_type.push(state.content_type.as_deref());
@@ -531,8 +591,7 @@ impl<'a> UpsertColumns<'a> {
                 self.system_metadata.push(state.system_metadata.as_json());
                 self.deleted_at.push(None);
             }
-            Action::Remove { version_id, .. } => {
-                self.version_id.push(version_id.as_deref());
+            Action::Remove { .. } => {
                 self.size.push(None);
                 self.etag.push(None);
                 self.content_type.push(None);
@@ -543,22 +602,19 @@ impl<'a> UpsertColumns<'a> {
         }
     }
 
-    fn push_no_current_state(&mut self) {
-        self.version_id.push(None);
-        self.size.push(None);
-        self.etag.push(None);
-        self.content_type.push(None);
-        self.user_metadata.push(EMPTY_OBJECT);
-        self.system_metadata.push(EMPTY_OBJECT);
-        self.event_name.push(None);
-        self.event_time.push(None);
-        self.sequencer.push(None);
-        self.deleted_at.push(None);
-        self.kafka_partition.push(None);
-        self.kafka_offset.push(None);
+    fn push_delete(&mut self, delete: Option<(&'a Change, Origin)>) {
+        let (partition, offset) = delete.map_or((None, None), |(c, o)| position(c, o));
+        self.deleted_by
+            .push(delete.map(|(c, _)| c.event_name.as_str()));
+        self.deleted_time.push(delete.map(|(c, _)| c.event_time));
+        self.deleted_sequencer
+            .push(delete.map(|(c, _)| c.sequencer));
+        self.deleted_partition.push(partition);
+        self.deleted_offset.push(offset);
     }
 }
 
+/// Writes the rows' versions, then derives their objects' current rows.
 async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteReport, SinkError> {
     if rows.is_empty() {
         return Ok(WriteReport::default());
@@ -568,18 +624,135 @@ async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteRepo
         .prepare_cached(UPSERT_SQL)
         .await
         .map_err(SinkError::postgres("prepare upsert"))?;
-    let row = client
-        .query_one(&statement, &columns.params())
+    client
+        .execute(&statement, &columns.params())
         .await
-        .map_err(SinkError::postgres("upsert objects"))?;
-    let upserted = count(row.get::<_, i64>(0));
-    let tombstoned = count(row.get::<_, i64>(1));
+        .map_err(SinkError::postgres("upsert object versions"))?;
+    let (upserted, tombstoned) = derive(client, &columns.bucket, &columns.key).await?;
     Ok(WriteReport {
         upserted,
         tombstoned,
-        stale: (rows.len() as u64).saturating_sub(upserted + tombstoned),
+        stale: rows.objects().saturating_sub(upserted + tombstoned),
         ..WriteReport::default()
     })
+}
+
+/// Writes changes seen outside Kafka (reads of the bucket, one per object, in object order) as
+/// version rows, and to the history when it is kept.
+pub(crate) async fn write_rows(
+    client: &impl GenericClient,
+    changes: &[Change],
+    history: bool,
+) -> Result<WriteReport, SinkError> {
+    let origins = vec![NO_ORIGIN; changes.len()];
+    let deletes = vec![None; changes.len()];
+    let rows = Rows {
+        changes,
+        origins: &origins,
+        deletes: &deletes,
+    };
+    let report = upsert(client, rows).await?;
+    if history {
+        record_history(client, changes.iter().map(|c| (c, NO_ORIGIN))).await?;
+    }
+    Ok(report)
+}
+
+/// The origin of a change that has no Kafka position (it is written as none).
+const NO_ORIGIN: Origin = Origin {
+    partition: 0,
+    offset: 0,
+};
+
+/// Derives the current rows of these objects (pairs of `buckets` and `keys`, repeats
+/// allowed) from their versions; returns how many became live and how many not.
+pub(crate) async fn derive(
+    client: &impl GenericClient,
+    buckets: &[&str],
+    keys: &[&str],
+) -> Result<(u64, u64), SinkError> {
+    let statement = client
+        .prepare_cached(DERIVE_SQL)
+        .await
+        .map_err(SinkError::postgres("prepare derive"))?;
+    let row = client
+        .query_one(&statement, &[&buckets, &keys])
+        .await
+        .map_err(SinkError::postgres("derive current objects"))?;
+    Ok((count(row.get::<_, i64>(0)), count(row.get::<_, i64>(1))))
+}
+
+/// Appends `changes` to `object_history` (those already there are left alone).
+pub(crate) async fn record_history<'a>(
+    client: &impl GenericClient,
+    changes: impl Iterator<Item = (&'a Change, Origin)>,
+) -> Result<(), SinkError> {
+    let mut bucket = Vec::new();
+    let mut key = Vec::new();
+    let mut version_id = Vec::new();
+    let mut event_name = Vec::new();
+    let mut sequencer = Vec::new();
+    let mut event_time = Vec::new();
+    let mut removal = Vec::new();
+    let mut size = Vec::new();
+    let mut etag = Vec::new();
+    let mut content_type = Vec::new();
+    let mut user_metadata = Vec::new();
+    let mut system_metadata = Vec::new();
+    let mut kafka_partition = Vec::new();
+    let mut kafka_offset = Vec::new();
+    let mut read = Vec::new();
+    for (change, origin) in changes {
+        bucket.push(change.object.bucket.as_str());
+        key.push(change.object.key.as_str());
+        version_id.push(version_key(change));
+        event_name.push(change.event_name.as_str());
+        sequencer.push(change.sequencer);
+        event_time.push(change.event_time);
+        let (partition, offset) = position(change, origin);
+        kafka_partition.push(partition);
+        kafka_offset.push(offset);
+        read.push(read_at(change));
+        let state = match &change.action {
+            Action::Upsert(state) => Some(state),
+            Action::Remove { .. } => None,
+        };
+        removal.push(state.is_none());
+        size.push(state.and_then(|s| s.size));
+        etag.push(state.and_then(|s| s.etag.as_deref()));
+        content_type.push(state.and_then(|s| s.content_type.as_deref()));
+        user_metadata.push(state.map_or(EMPTY_OBJECT, |s| s.user_metadata.as_json()));
+        system_metadata.push(state.map_or(EMPTY_OBJECT, |s| s.system_metadata.as_json()));
+    }
+    if bucket.is_empty() {
+        return Ok(());
+    }
+    let statement = client
+        .prepare_cached(HISTORY_SQL)
+        .await
+        .map_err(SinkError::postgres("prepare history"))?;
+    let params: [&(dyn ToSql + Sync); 15] = [
+        &bucket,
+        &key,
+        &version_id,
+        &event_name,
+        &sequencer,
+        &event_time,
+        &removal,
+        &size,
+        &etag,
+        &content_type,
+        &user_metadata,
+        &system_metadata,
+        &kafka_partition,
+        &kafka_offset,
+        &read,
+    ];
+    client
+        .execute(&statement, &params)
+        .await
+        .map_err(SinkError::postgres("append object history"))?;
+    Ok(())
 }
 
 /// The database's clock (`clock_timestamp()`, not the transaction's start), read on `client`.

@@ -14,7 +14,8 @@ use objmeta::event::Change;
 use objmeta::produce::{workload, Workload, WorkloadSpec};
 use objmeta::sink::Rows;
 
-use crate::common::{self, Columns, OBJMETA_UPSERT_SQL};
+use crate::common::{self, Columns};
+use objmeta::sink::{DERIVE_SQL, UPSERT_SQL};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -172,11 +173,8 @@ async fn pass(
     mut messages: Workload,
     sequencer_bump: i64,
 ) -> anyhow::Result<Duration> {
-    let sql = match shape.statement {
-        Statement::Objmeta => OBJMETA_UPSERT_SQL,
-        Statement::Plain => PLAIN_UPSERT_SQL,
-    };
-    let prepared = client.prepare(sql).await?;
+    // objmeta's own statements are prepared by `sink::upsert`.
+    let prepared = client.prepare(PLAIN_UPSERT_SQL).await?;
     let mut spent = Duration::ZERO;
     let mut batch: Vec<Change> = Vec::with_capacity(shape.batch);
     loop {
@@ -212,19 +210,27 @@ async fn write(
             offset: i as i64,
         })
         .collect();
-    let deleted_versions = vec![String::from("{}"); changes.len()];
+    let deletes = vec![None; changes.len()];
     let rows = Rows {
         changes,
         origins: &origins,
-        deleted_versions: &deleted_versions,
+        deletes: &deletes,
     };
-    let columns = Columns::new(rows);
     let tx = client.transaction().await?;
     match statement {
         Statement::Objmeta => {
-            tx.query_one(prepared, &columns.params()).await?;
+            // The two statements of `sink::upsert`: the versions, then the rows derived.
+            let columns = Columns::new(rows);
+            tx.execute(&tx.prepare(UPSERT_SQL).await?, &columns.params())
+                .await?;
+            tx.query_one(
+                &tx.prepare(DERIVE_SQL).await?,
+                &[&columns.bucket, &columns.key],
+            )
+            .await?;
         }
         Statement::Plain => {
+            let columns = Columns::new(rows);
             tx.execute(prepared, &columns.params()[..12]).await?;
         }
     }

@@ -13,7 +13,6 @@ use tokio_postgres::{Client, NoTls};
 use objmeta::config::DatabaseConfig;
 
 /// objmeta's own statement, so that the ceiling's baseline shape is the one objmeta sends.
-pub use objmeta::sink::UPSERT_SQL as OBJMETA_UPSERT_SQL;
 
 /// The broker and topic every Kafka-side subcommand works on.
 #[derive(clap::Args, Clone)]

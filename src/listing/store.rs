@@ -13,18 +13,15 @@ use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 
 use crate::error::SinkError;
+use crate::event::{Action, Basis, Change, ObjectId};
 use crate::s3::ObjectRead;
-use crate::sink::{count, database_now, merge_into_stored, signed};
+use crate::sink::{count, database_now, derive, merge_into_version, signed, write_rows};
 
 use super::{Kind, Tally, Target};
 
-/// Writes read rows and reports, per row, what the read did (sql/0004,
-/// `objmeta_read_outcome`). The stored row the outcome is judged against is
-/// the statement's snapshot; the merge itself (`ON CONFLICT`) sees the
-/// latest committed row, so a concurrent consumer write can only make an
-/// outcome stale, never the row wrong.
-const WRITE_READS_SQL: &str = concat!(
-    r#"
+/// What each read does to the stored row (sql/0004, `objmeta_read_outcome`),
+/// judged against the current rows before the reads are written.
+const READ_OUTCOMES_SQL: &str = r#"
 WITH incoming AS (
     SELECT jsonb_populate_record(NULL::object_metadata, to_jsonb(v)) AS r
     FROM (
@@ -39,38 +36,25 @@ WITH incoming AS (
         ) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
                system_metadata, event_name, event_time, sequencer, read_at)
     ) AS v
-), written AS (
-    INSERT INTO object_metadata AS t (
-        bucket, key, version_id, size, etag, content_type, user_metadata,
-        system_metadata, event_name, event_time, sequencer, read_at, updated_at)
-    SELECT (i.r).bucket, (i.r).key, (i.r).version_id, (i.r).size, (i.r).etag,
-           (i.r).content_type, (i.r).user_metadata, (i.r).system_metadata,
-           (i.r).event_name, (i.r).event_time, (i.r).sequencer, (i.r).read_at, now()
-    FROM incoming i"#,
-    merge_into_stored!(),
-    r#"
-    RETURNING t.key
 )
-SELECT (i.r).key,
-       CASE WHEN w.key IS NOT NULL THEN CASE WHEN p.live THEN 'updated' ELSE 'inserted' END
-            ELSE objmeta_read_outcome(i.r, p) END
+SELECT (i.r).key, objmeta_read_outcome(i.r, p)
 FROM incoming i
 LEFT JOIN object_metadata p ON p.bucket = (i.r).bucket AND p.key = (i.r).key
-LEFT JOIN written w ON w.key = (i.r).key
-"#
-);
+"#;
 
 /// Removes from the current view the live rows of the bucket and prefix
 /// that were written before the listing started and whose object the
 /// listing did not find, one chunk of the bucket's rows at a time (keyset
 /// pagination on the primary key, so that each statement reads at most
-/// `$4` rows however big the bucket). The tombstone is a read of "absent"
-/// at the listing's start: an older event arriving later loses to it, a
-/// newer one wins (sql/0004). `FOR UPDATE` makes a row a consumer rewrites
-/// meanwhile be judged again on its new version (then written after the
-/// start: kept). Returns the rows removed, the last key read and how many
-/// were read.
-const SWEEP_SQL: &str = r#"
+/// `$4` rows however big the bucket). The removal is a read of "absent" at
+/// the listing's start, written as the state of the object's `null`
+/// version: an older event arriving later loses to it, a newer one wins
+/// (sql/0004); the caller then derives the rows again. `FOR UPDATE` makes a
+/// row a consumer rewrites meanwhile be judged again on its new version
+/// (then written after the start: kept). Returns the keys removed, the
+/// last key read and how many were read.
+const SWEEP_SQL: &str = concat!(
+    r#"
 WITH scanned AS (
     SELECT t.key FROM object_metadata t
     WHERE t.bucket = $1 AND t.key > $5
@@ -85,18 +69,19 @@ WITH scanned AS (
           WHERE k.bucket = $1 AND k.prefix = $2 AND k.kind = 'reconcile' AND k.key = t.key)
     FOR UPDATE OF t
 ), gone AS (
-    UPDATE object_metadata t SET
-        version_id = NULL, size = NULL, etag = NULL, content_type = NULL,
-        user_metadata = '{}', system_metadata = '{}', event_name = 'objmeta:Reconcile',
-        event_time = $3, sequencer = objmeta_ns($3), deleted_at = now(),
-        kafka_partition = NULL, kafka_offset = NULL, deleted_versions = '{}',
-        read_at = $3, updated_at = now()
-    FROM doomed d
-    WHERE t.bucket = d.bucket AND t.key = d.key
-    RETURNING 1
+    INSERT INTO object_versions AS t (
+        bucket, key, version_id, event_name, event_time, sequencer, deleted_at, read_at,
+        updated_at)
+    SELECT d.bucket, d.key, 'null', 'objmeta:Reconcile', $3, objmeta_ns($3), now(), $3, now()
+    FROM doomed d"#,
+    merge_into_version!(),
+    r#"
+    RETURNING t.key
 )
-SELECT (SELECT count(*) FROM gone), (SELECT max(key) FROM scanned), (SELECT count(*) FROM scanned)
-"#;
+SELECT (SELECT coalesce(array_agg(key), '{}') FROM gone), (SELECT max(key) FROM scanned),
+       (SELECT count(*) FROM scanned)
+"#
+);
 
 /// Rows a sweep statement reads at most, and listed keys a statement of
 /// `finish` forgets at most: each statement stays well within the
@@ -173,11 +158,13 @@ pub struct Drift {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Whether reads go to `object_history` too (`--history`).
+    history: bool,
 }
 
 impl Store {
-    pub fn new(pool: Pool) -> Self {
-        Store { pool }
+    pub fn new(pool: Pool, history: bool) -> Self {
+        Store { pool, history }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, SinkError> {
@@ -282,7 +269,7 @@ impl Store {
             .transaction()
             .await
             .map_err(SinkError::postgres("begin"))?;
-        let outcomes = write_reads(&tx, target, rows).await?;
+        let outcomes = write_reads(&tx, target, rows, self.history).await?;
         if target.kind == Kind::Reconcile && !present.is_empty() {
             tx.execute(
                 "INSERT INTO bucket_listing_keys (bucket, prefix, kind, key)
@@ -321,17 +308,26 @@ impl Store {
         target: &Target,
         started_at: OffsetDateTime,
     ) -> Result<u64, SinkError> {
-        let client = self.client().await?;
         let (mut removed, mut after) = (0, String::new());
         loop {
-            let row = client
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(SinkError::postgres("begin"))?;
+            let row = tx
                 .query_one(
                     SWEEP_SQL,
                     &[&target.bucket, &target.prefix, &started_at, &CHUNK, &after],
                 )
                 .await
                 .map_err(SinkError::postgres("removing rows of vanished objects"))?;
-            removed += count(row.get(0));
+            let gone: Vec<String> = row.get(0);
+            let keys: Vec<&str> = gone.iter().map(String::as_str).collect();
+            let buckets = vec![target.bucket.as_str(); keys.len()];
+            let (_, tombstoned) = derive(&tx, &buckets, &keys).await?;
+            tx.commit().await.map_err(SinkError::postgres("commit"))?;
+            removed += tombstoned;
             let scanned: i64 = row.get(2);
             match row.get::<_, Option<String>>(1) {
                 Some(last) if scanned == CHUNK => after = last,
@@ -492,42 +488,61 @@ impl Store {
     }
 }
 
-/// The upsert of read rows; outcomes in the order of `rows`.
+/// Writes read rows as versions (and history), deriving their objects'
+/// rows; outcomes in the order of `rows`, judged before the write.
 async fn write_reads(
     client: &impl GenericClient,
     target: &Target,
     rows: &[&ReadRow],
+    history: bool,
 ) -> Result<Vec<Outcome>, SinkError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     let columns = ReadColumns::new(target, rows);
     let statement = client
-        .prepare_cached(WRITE_READS_SQL)
+        .prepare_cached(READ_OUTCOMES_SQL)
         .await
-        .map_err(SinkError::postgres("prepare read upsert"))?;
+        .map_err(SinkError::postgres("prepare read outcomes"))?;
     let answers = client
         .query(&statement, &columns.params())
         .await
-        .map_err(SinkError::postgres("upsert read objects"))?;
+        .map_err(SinkError::postgres("judging reads"))?;
     let mut by_key: HashMap<String, Outcome> = HashMap::with_capacity(answers.len());
     for row in answers {
         let outcome = Outcome::parse(row.get(1))?;
         by_key.insert(row.get(0), outcome);
     }
-    rows.iter()
+    let outcomes = rows
+        .iter()
         .map(|row| {
             by_key.get(&row.key).copied().ok_or_else(|| {
-                SinkError::Schema(format!(
-                    "the read upsert returned no outcome for {:?}",
-                    row.key
-                ))
+                SinkError::Schema(format!("no outcome for the read of {:?}", row.key))
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let changes: Vec<Change> = rows.iter().map(|row| read_change(target, row)).collect();
+    write_rows(client, &changes, history).await?;
+    Ok(outcomes)
 }
 
-/// `WRITE_READS_SQL`'s parameters, borrowed from the rows.
+/// A read as the change it makes: the state the store reported, versioned by the read.
+fn read_change(target: &Target, row: &ReadRow) -> Change {
+    Change {
+        object: ObjectId {
+            bucket: target.bucket.clone(),
+            key: row.key.clone(),
+        },
+        event_name: target.kind.event_name().to_string(),
+        event_time: row.read.last_modified,
+        sequencer: row.read.sequencer(),
+        action: Action::Upsert(row.read.clone().into_state()),
+        record: 0,
+        basis: Basis::Read { at: row.read_at },
+    }
+}
+
+/// `READ_OUTCOMES_SQL`'s parameters, borrowed from the rows.
 struct ReadColumns<'a> {
     bucket: Vec<&'a str>,
     key: Vec<&'a str>,

@@ -729,58 +729,73 @@ pub type Positioned = (Change, (i32, i64));
 /// the source (what orders equal sequencers: the Kafka offset, or for
 /// messages of one partition their publishing order).
 ///
-/// The documented rules, written again for the tests and independent of
-/// objmeta's code: an object's current state is its greatest creation or
-/// unconditional removal, ordered by (sequencer, removal before creation,
-/// position); the object is live when that state is a creation and no
-/// delete of exactly its version (`ObjectRemoved:Delete` with a versionId)
-/// is greater than it (such a delete counts as a removal). The result
+/// The documented rules (docs/versions.md), written again for the tests and
+/// independent of objmeta's code. Changes are ordered by (sequencer,
+/// removal before creation, position). Each version of an object (its
+/// version id, `null` without one) has a state, its greatest creation,
+/// delete marker or removal naming it, and may have a permanent delete, its
+/// greatest `ObjectRemoved:Delete` with that version id; the version is gone
+/// when that delete is greater than its state (or it has no state). The
+/// object's row is its greatest version that is not gone (live unless that
+/// is a removal); when every version is gone, the greatest of them, not
+/// live; with only permanent deletes, a row without a state. The result
 /// depends on the set of changes only, never on their order.
 pub fn oracle_of(changes: &[Positioned]) -> BTreeMap<ObjectId, RowState> {
-    fn is_removal(change: &Change) -> bool {
-        matches!(change.action, Action::Remove { .. })
+    type Rank = (i64, bool, i32, i64);
+    fn rank(change: &Change, position: (i32, i64)) -> Rank {
+        let removal = matches!(change.action, Action::Remove { .. });
+        (change.sequencer, removal, position.0, position.1)
     }
-    fn deletes_version(change: &Change) -> Option<&str> {
-        match &change.action {
+    fn permanent_delete(change: &Change) -> bool {
+        matches!(
+            &change.action,
             Action::Remove {
-                version_id: Some(version),
+                version_id: Some(_),
                 ..
-            } if change.event_name == "s3:ObjectRemoved:Delete" => Some(version),
-            _ => None,
-        }
+            }
+        ) && change.event_name == "s3:ObjectRemoved:Delete"
     }
-    let rank = |change: &Change, position: (i32, i64)| {
-        (change.sequencer, is_removal(change), position.0, position.1)
-    };
-    let mut objects: BTreeMap<ObjectId, Vec<&Positioned>> = BTreeMap::new();
-    for entry in changes {
-        objects
-            .entry(entry.0.object.clone())
+    fn version(change: &Change) -> String {
+        let id = match &change.action {
+            Action::Upsert(state) => state.version_id.as_deref(),
+            Action::Remove { version_id, .. } => version_id.as_deref(),
+        };
+        id.unwrap_or("null").to_string()
+    }
+    #[derive(Default)]
+    struct Version<'a> {
+        state: Option<(&'a Change, Rank)>,
+        delete: Option<Rank>,
+    }
+    let mut objects: BTreeMap<ObjectId, BTreeMap<String, Version>> = BTreeMap::new();
+    for (change, position) in changes {
+        let entry = objects
+            .entry(change.object.clone())
             .or_default()
-            .push(entry);
+            .entry(version(change))
+            .or_default();
+        let r = rank(change, *position);
+        if permanent_delete(change) {
+            entry.delete = entry.delete.max(Some(r));
+        } else if entry.state.is_none_or(|(_, old)| r >= old) {
+            entry.state = Some((change, r));
+        }
     }
     objects
         .into_iter()
-        .map(|(id, history)| {
-            let current = history
-                .iter()
-                .filter(|(c, _)| deletes_version(c).is_none())
-                .max_by_key(|(c, p)| rank(c, *p));
-            let state = match current {
+        .map(|(id, versions)| {
+            let states = versions.iter().filter_map(|(name, v)| {
+                let (change, r) = v.state?;
+                let gone = v.delete.is_some_and(|d| d > r);
+                Some((!gone, r, name, change))
+            });
+            // Not gone first, then the greatest rank, then the version id (as the SQL's ORDER BY).
+            let row = match states.max_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2))) {
+                Some((true, _, _, change)) => RowState::of(change, false),
+                Some((false, _, _, change)) => RowState::of(change, true),
                 None => RowState::never_live(),
-                Some((change, position)) => {
-                    let version = match &change.action {
-                        Action::Upsert(state) => state.version_id.as_deref(),
-                        Action::Remove { .. } => None,
-                    };
-                    let deleted = version.is_some()
-                        && history.iter().any(|(d, dp)| {
-                            deletes_version(d) == version && rank(d, *dp) > rank(change, *position)
-                        });
-                    RowState::of(change, deleted)
-                }
             };
-            (id, state)
+            (id, row)
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 -- (docs/versions.md).
 --
 -- object_versions holds, per (bucket, key, version id), two registers, each
--- "newest wins" under the order of objmeta_supersedes:
+-- "newest wins" under the order of objmeta_newer (sql/0004's rules):
 --   * the version's state: the newest creation of that version, delete
 --     marker, or removal naming it (a removal without a version id, as in an
 --     unversioned bucket, names the version 'null'); `deleted_at` set for a
@@ -70,13 +70,11 @@ COMMENT ON COLUMN object_versions.version_deleted_by IS
 COMMENT ON COLUMN object_versions.gone IS
     'permanently deleted: its permanent delete is newer than its state';
 
--- The order rules of sql/0004 for any row type with the columns they read
+-- The order rules of sql/0004, for any row type with the columns they read
 -- (object_metadata and object_versions): one definition for both tables.
-DROP FUNCTION IF EXISTS objmeta_supersedes(object_metadata, object_metadata);
-DROP FUNCTION IF EXISTS objmeta_event_beats_read(object_metadata, object_metadata);
-DROP FUNCTION IF EXISTS objmeta_same_state(object_metadata, object_metadata);
-
-CREATE OR REPLACE FUNCTION objmeta_same_state(a anyelement, b anyelement)
+-- The typed functions of 0004 (which replicas of the previous version call)
+-- become these.
+CREATE OR REPLACE FUNCTION objmeta_same(a anyelement, b anyelement)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT (a).sequencer IS NOT NULL AND (b).sequencer IS NOT NULL
        AND (a).deleted_at IS NULL AND (b).deleted_at IS NULL
@@ -86,14 +84,14 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
        AND (a).user_metadata = (b).user_metadata
 $$;
 
-CREATE OR REPLACE FUNCTION objmeta_event_beats_read(e anyelement, r anyelement)
+CREATE OR REPLACE FUNCTION objmeta_event_newer(e anyelement, r anyelement)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT (e).sequencer / 1000000000 > (r).sequencer / 1000000000
         OR ((e).sequencer / 1000000000 = (r).sequencer / 1000000000
-            AND (objmeta_same_state(e, r) OR (e).sequencer >= objmeta_ns((r).read_at)))
+            AND (objmeta_same(e, r) OR (e).sequencer >= objmeta_ns((r).read_at)))
 $$;
 
-CREATE OR REPLACE FUNCTION objmeta_supersedes(incoming anyelement, stored anyelement)
+CREATE OR REPLACE FUNCTION objmeta_newer(incoming anyelement, stored anyelement)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT (incoming).sequencer IS NOT NULL AND (
         (stored).sequencer IS NULL
@@ -104,12 +102,21 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
               > ((stored).sequencer, (stored).deleted_at IS NOT NULL,
                  coalesce((stored).kafka_partition, -1), coalesce((stored).kafka_offset, -1))
             WHEN (incoming).read_at IS NOT NULL AND (stored).read_at IS NOT NULL THEN
-                NOT objmeta_same_state(incoming, stored)
+                NOT objmeta_same(incoming, stored)
                 AND ((incoming).read_at, (incoming).sequencer) > ((stored).read_at, (stored).sequencer)
-            WHEN (incoming).read_at IS NULL THEN objmeta_event_beats_read(incoming, stored)
-            ELSE NOT objmeta_event_beats_read(stored, incoming)
+            WHEN (incoming).read_at IS NULL THEN objmeta_event_newer(incoming, stored)
+            ELSE NOT objmeta_event_newer(stored, incoming)
         END)
 $$;
+
+CREATE OR REPLACE FUNCTION objmeta_same_state(a object_metadata, b object_metadata)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT objmeta_same(a, b) $$;
+
+CREATE OR REPLACE FUNCTION objmeta_event_beats_read(e object_metadata, r object_metadata)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT objmeta_event_newer(e, r) $$;
+
+CREATE OR REPLACE FUNCTION objmeta_supersedes(incoming object_metadata, stored object_metadata)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT objmeta_newer(incoming, stored) $$;
 
 -- Whether `incoming`'s permanent delete is newer than `stored`'s.
 CREATE OR REPLACE FUNCTION objmeta_delete_supersedes(incoming object_versions, stored object_versions)
@@ -130,7 +137,7 @@ $$;
 -- each written row is live.
 --
 -- Versions are ordered by their state's (sequencer, removal, Kafka
--- position, read start): within one version objmeta_supersedes decides
+-- position, read start): within one version objmeta_newer decides
 -- (reads and events of one state compare there), across versions
 -- modification times do.
 CREATE OR REPLACE FUNCTION objmeta_derive(buckets text[], keys text[])
@@ -221,6 +228,93 @@ COMMENT ON COLUMN object_history.kafka_partition IS
 -- (bucket, key, then sequencer); this index the changes of a period.
 CREATE INDEX IF NOT EXISTS object_history_event_time_idx ON object_history (event_time);
 
+-- Writes version rows, each merged into the stored one: its state is
+-- replaced only by one that supersedes it (objmeta_newer), its permanent
+-- delete only by a newer one. When an event replaces a read of the very
+-- same state, the row keeps `read_at`: the bucket was seen in that state
+-- then, which a redelivered older event must still lose to. A row whose
+-- merge changes nothing is not updated at all (no new row version, no index
+-- churn). The one writer of object_versions: objmeta's batches and reads,
+-- and the mirror of earlier replicas' writes below.
+CREATE OR REPLACE FUNCTION objmeta_upsert_versions(
+    in_bucket text[], in_key text[], in_version_id text[], in_size int8[], in_etag text[],
+    in_content_type text[], in_user_metadata text[], in_system_metadata text[],
+    in_event_name text[], in_event_time timestamptz[], in_sequencer int8[],
+    in_deleted_at timestamptz[], in_kafka_partition int4[], in_kafka_offset int8[],
+    in_read_at timestamptz[], in_deleted_by text[], in_deleted_time timestamptz[],
+    in_deleted_sequencer int8[], in_deleted_partition int4[], in_deleted_offset int8[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO object_versions AS t (
+        bucket, key, version_id, size, etag, content_type, user_metadata,
+        system_metadata, event_name, event_time, sequencer, deleted_at,
+        kafka_partition, kafka_offset, read_at, version_deleted_by, version_deleted_at,
+        version_deleted_sequencer, version_deleted_partition, version_deleted_offset)
+    SELECT u.bucket, u.key, u.version_id, u.size, u.etag, u.content_type,
+           u.user_metadata::jsonb, u.system_metadata::jsonb, u.event_name, u.event_time,
+           u.sequencer, u.deleted_at, u.kafka_partition, u.kafka_offset, u.read_at,
+           u.d_by, u.d_at, u.d_seq, u.d_part, u.d_off
+    FROM unnest(in_bucket, in_key, in_version_id, in_size, in_etag, in_content_type,
+                in_user_metadata, in_system_metadata, in_event_name, in_event_time,
+                in_sequencer, in_deleted_at, in_kafka_partition, in_kafka_offset, in_read_at,
+                in_deleted_by, in_deleted_time, in_deleted_sequencer, in_deleted_partition,
+                in_deleted_offset)
+         AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
+              system_metadata, event_name, event_time, sequencer, deleted_at,
+              kafka_partition, kafka_offset, read_at, d_by, d_at, d_seq, d_part, d_off)
+    ON CONFLICT (bucket, key, version_id) DO UPDATE SET
+        (size, etag, content_type, user_metadata, system_metadata, event_name, event_time,
+         sequencer, deleted_at, kafka_partition, kafka_offset) = (
+            SELECT (w).size, (w).etag, (w).content_type, (w).user_metadata,
+                   (w).system_metadata, (w).event_name, (w).event_time, (w).sequencer,
+                   (w).deleted_at, (w).kafka_partition, (w).kafka_offset
+            FROM (SELECT CASE WHEN objmeta_newer(excluded, t) THEN excluded ELSE t END) AS s(w)),
+        read_at = CASE WHEN NOT objmeta_newer(excluded, t) THEN t.read_at
+                       WHEN objmeta_same(excluded, t) THEN greatest(excluded.read_at, t.read_at)
+                       ELSE excluded.read_at END,
+        (version_deleted_by, version_deleted_at, version_deleted_sequencer,
+         version_deleted_partition, version_deleted_offset) = (
+            SELECT (w).version_deleted_by, (w).version_deleted_at, (w).version_deleted_sequencer,
+                   (w).version_deleted_partition, (w).version_deleted_offset
+            FROM (SELECT CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded ELSE t END)
+                 AS d(w)),
+        updated_at = now()
+    WHERE objmeta_newer(excluded, t) OR objmeta_delete_supersedes(excluded, t);
+END
+$$;
+
+-- Appends changes to object_history; one already there is left alone.
+CREATE OR REPLACE FUNCTION objmeta_record_history(
+    in_bucket text[], in_key text[], in_version_id text[], in_event_name text[],
+    in_sequencer int8[], in_event_time timestamptz[], in_removal bool[], in_size int8[],
+    in_etag text[], in_content_type text[], in_user_metadata text[],
+    in_system_metadata text[], in_kafka_partition int4[], in_kafka_offset int8[],
+    in_read_at timestamptz[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO object_history (
+        bucket, key, version_id, event_name, sequencer, event_time, removal, size, etag,
+        content_type, user_metadata, system_metadata, kafka_partition, kafka_offset, read_at)
+    SELECT u.bucket, u.key, u.version_id, u.event_name, u.sequencer, u.event_time, u.removal,
+           u.size, u.etag, u.content_type, u.user_metadata::jsonb, u.system_metadata::jsonb,
+           u.kafka_partition, u.kafka_offset, u.read_at
+    FROM unnest(in_bucket, in_key, in_version_id, in_event_name, in_sequencer, in_event_time,
+                in_removal, in_size, in_etag, in_content_type, in_user_metadata,
+                in_system_metadata, in_kafka_partition, in_kafka_offset, in_read_at)
+         AS u(bucket, key, version_id, event_name, sequencer, event_time, removal, size, etag,
+              content_type, user_metadata, system_metadata, kafka_partition, kafka_offset,
+              read_at)
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- What the retention purge (purge.rs) looks for: tombstones by when they last
+-- changed, permanently deleted versions by when they were deleted.
+CREATE INDEX IF NOT EXISTS object_metadata_tombstones_idx
+    ON object_metadata (updated_at) WHERE NOT live;
+CREATE INDEX IF NOT EXISTS object_versions_gone_idx
+    ON object_versions (version_deleted_at) WHERE gone;
+
 -- The current rows become the first versions: what an upgraded database
 -- knew before (the versions they replaced were never kept). History starts
 -- with them too.
@@ -251,3 +345,54 @@ SELECT bucket, key, coalesce(version_id, 'null'), event_name, sequencer, event_t
 FROM object_metadata
 WHERE sequencer IS NOT NULL
 ON CONFLICT DO NOTHING;
+
+-- Replicas of the previous objmeta keep writing object_metadata by its own
+-- merge while a rolling upgrade runs, and know nothing of versions. Their
+-- writes are mirrored into object_versions (the row's state, and its
+-- deletes of versions) and object_history, so that the rows this version
+-- derives include them. This version's own connections say
+-- `objmeta.derives = on` (sink::connect) and are not mirrored.
+CREATE OR REPLACE FUNCTION objmeta_mirror_earlier_writer() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted record;
+BEGIN
+    IF NEW.sequencer IS NOT NULL THEN
+        PERFORM objmeta_upsert_versions(
+            ARRAY[NEW.bucket], ARRAY[NEW.key], ARRAY[coalesce(NEW.version_id, 'null')],
+            ARRAY[NEW.size], ARRAY[NEW.etag], ARRAY[NEW.content_type],
+            ARRAY[NEW.user_metadata::text], ARRAY[NEW.system_metadata::text],
+            ARRAY[NEW.event_name], ARRAY[NEW.event_time], ARRAY[NEW.sequencer],
+            ARRAY[NEW.deleted_at], ARRAY[NEW.kafka_partition], ARRAY[NEW.kafka_offset],
+            ARRAY[NEW.read_at], ARRAY[NULL::text], ARRAY[NULL::timestamptz],
+            ARRAY[NULL::int8], ARRAY[NULL::int4], ARRAY[NULL::int8]);
+        PERFORM objmeta_record_history(
+            ARRAY[NEW.bucket], ARRAY[NEW.key], ARRAY[coalesce(NEW.version_id, 'null')],
+            ARRAY[NEW.event_name], ARRAY[NEW.sequencer], ARRAY[NEW.event_time],
+            ARRAY[NEW.deleted_at IS NOT NULL], ARRAY[NEW.size], ARRAY[NEW.etag],
+            ARRAY[NEW.content_type], ARRAY[NEW.user_metadata::text],
+            ARRAY[NEW.system_metadata::text], ARRAY[NEW.kafka_partition],
+            ARRAY[NEW.kafka_offset], ARRAY[NEW.read_at]);
+    END IF;
+    FOR deleted IN SELECT e.key AS version, e.value AS entry FROM jsonb_each(NEW.deleted_versions) e
+    LOOP
+        PERFORM objmeta_upsert_versions(
+            ARRAY[NEW.bucket], ARRAY[NEW.key], ARRAY[coalesce(nullif(deleted.version, ''), 'null')],
+            ARRAY[NULL::int8], ARRAY[NULL::text], ARRAY[NULL::text], ARRAY['{}'],
+            ARRAY['{}'], ARRAY[NULL::text], ARRAY[NULL::timestamptz], ARRAY[NULL::int8],
+            ARRAY[NULL::timestamptz], ARRAY[NULL::int4], ARRAY[NULL::int8],
+            ARRAY[NULL::timestamptz], ARRAY['s3:ObjectRemoved:Delete'],
+            ARRAY[(deleted.entry->>'event_time')::timestamptz],
+            ARRAY[(deleted.entry->>'sequencer')::int8],
+            ARRAY[(deleted.entry->>'partition')::int4], ARRAY[(deleted.entry->>'offset')::int8]);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS objmeta_mirror_earlier_writer ON object_metadata;
+CREATE TRIGGER objmeta_mirror_earlier_writer
+    AFTER INSERT OR UPDATE ON object_metadata
+    FOR EACH ROW
+    WHEN (current_setting('objmeta.derives', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION objmeta_mirror_earlier_writer();

@@ -151,7 +151,7 @@ impl Reduced {
     /// The version's row (its state, or its delete standing in for it, and
     /// its delete beside a state), and, when `history` is kept, each
     /// distinct change of the version once.
-    fn into_row(mut self, history: &mut Vec<(Change, Origin)>, keep: bool) -> Option<Row> {
+    fn into_row(mut self, history: &mut Vec<(Change, Origin)>, keep: bool) -> Option<VersionRow> {
         let take =
             |changes: &[(Change, Origin)], index: Option<usize>| index.map(|i| changes[i].clone());
         let (state, delete) = match keep {
@@ -173,14 +173,16 @@ impl Reduced {
                 .dedup_by(|a, b| history_key(&a.0) == history_key(&b.0));
             history.append(&mut self.changes);
         }
-        match (state, delete) {
-            (Some(state), delete) => Some(Row { state, delete }),
-            (None, Some(delete)) => Some(Row {
-                state: delete,
-                delete: None,
-            }),
-            (None, None) => None,
-        }
+        let ((change, origin), delete) = match (state, delete) {
+            (Some(state), delete) => (state, delete),
+            (None, Some(delete)) => (delete, None),
+            (None, None) => return None,
+        };
+        Some(VersionRow {
+            change,
+            origin,
+            delete,
+        })
     }
 }
 
@@ -189,11 +191,13 @@ fn history_key(change: &Change) -> (i64, &str) {
     (change.sequencer, change.event_name.as_str())
 }
 
-/// A version's row: its state change (or its permanent delete when the batch has no state)
-/// and its permanent delete beside a state.
-struct Row {
-    state: (Change, Origin),
-    delete: Option<(Change, Origin)>,
+/// One row of a write batch: a version's state change (or its permanent delete when the
+/// batch has no state), where it came from, and its permanent delete beside a state.
+#[derive(Debug)]
+pub struct VersionRow {
+    pub change: Change,
+    pub origin: Origin,
+    pub delete: Option<(Change, Origin)>,
 }
 
 /// A batch ready to be written: one row per object version, and the offsets
@@ -341,22 +345,46 @@ impl Batch {
             }
         }
         out.commit_offsets.sort_unstable();
-        // Rows in key order: concurrent transactions (several write lanes)
-        // that happen to share keys then lock them in the same order and
-        // cannot deadlock; index inserts also get better locality.
-        let mut versions: Vec<(VersionId, Reduced)> = merged.into_iter().collect();
-        versions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        out.changes.reserve(versions.len());
-        out.origins.reserve(versions.len());
-        out.deletes.reserve(versions.len());
-        for (_, reduced) in versions {
-            if let Some(row) = reduced.into_row(&mut out.history, self.history) {
-                out.changes.push(row.state.0);
-                out.origins.push(row.state.1);
-                out.deletes.push(row.delete);
-            }
-        }
+        let rows = merged
+            .into_values()
+            .filter_map(|reduced| reduced.into_row(&mut out.history, self.history))
+            .collect();
+        out.set_rows(rows);
         out
+    }
+}
+
+impl WriteBatch {
+    /// Takes the rows out (to replace some: enrichment).
+    pub fn take_rows(&mut self) -> Vec<VersionRow> {
+        std::mem::take(&mut self.changes)
+            .into_iter()
+            .zip(std::mem::take(&mut self.origins))
+            .zip(std::mem::take(&mut self.deletes))
+            .map(|((change, origin), delete)| VersionRow {
+                change,
+                origin,
+                delete,
+            })
+            .collect()
+    }
+
+    /// Sets the rows, in (object, version) order: concurrent transactions (several write
+    /// lanes) that happen to share keys then lock them in the same order and cannot
+    /// deadlock; index inserts also get better locality.
+    pub fn set_rows(&mut self, mut rows: Vec<VersionRow>) {
+        rows.sort_unstable_by(|a, b| {
+            (&a.change.object, version_key(&a.change))
+                .cmp(&(&b.change.object, version_key(&b.change)))
+        });
+        self.changes = Vec::with_capacity(rows.len());
+        self.origins = Vec::with_capacity(rows.len());
+        self.deletes = Vec::with_capacity(rows.len());
+        for row in rows {
+            self.changes.push(row.change);
+            self.origins.push(row.origin);
+            self.deletes.push(row.delete);
+        }
     }
 }
 

@@ -123,6 +123,8 @@ pub struct RunConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub history: HistoryConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9187")]
     pub http_addr: SocketAddr,
@@ -196,6 +198,22 @@ pub struct HistoryConfig {
     /// or not: `on`, `off`.
     #[arg(long, env = "HISTORY", value_enum, default_value = "on")]
     pub history: Switch,
+}
+
+/// How long rows that no longer describe a current object are kept (`objmeta run`).
+#[derive(Clone, Debug, Args)]
+pub struct RetentionConfig {
+    /// Purge objects that are not current (tombstones) and permanently deleted versions once
+    /// unchanged this long (e.g. `30d`); unset: keep them. Must exceed the topic's retention
+    /// plus the worst consumer lag, or an older event could revive a purged object.
+    #[arg(long, env = "TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Option<Duration>,
+    /// Purge history rows whose event is older than this (e.g. `90d`); unset: keep them.
+    #[arg(long, env = "HISTORY_RETENTION", value_parser = humantime::parse_duration)]
+    pub history_retention: Option<Duration>,
+    /// How often one replica purges (and refreshes the table-row gauges).
+    #[arg(long, env = "PURGE_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub purge_every: Duration,
 }
 
 impl HistoryConfig {

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 
 use std::collections::{HashMap, HashSet};
 
-use crate::batch::{version_key, Origin, WriteBatch};
+use crate::batch::{Origin, VersionRow, WriteBatch};
 use crate::error::SinkError;
 use crate::event::{Action, Basis, Change, ObjectId};
 use crate::http::Attempt;
@@ -156,35 +156,28 @@ fn hinted_objects(batch: &WriteBatch) -> Vec<ObjectId> {
 /// The history keeps the read instead of the hints. Objects without an answer keep their
 /// hints for the next round.
 fn apply(batch: &mut WriteBatch, answers: HashMap<ObjectId, Answer>, at: OffsetDateTime) {
-    let rows = std::mem::take(&mut batch.changes)
-        .into_iter()
-        .zip(std::mem::take(&mut batch.origins))
-        .zip(std::mem::take(&mut batch.deletes));
+    let mut rows = Vec::new();
     let mut reads: Vec<(Change, Origin)> = Vec::new();
     let mut read_objects = HashSet::new();
-    for ((change, origin), delete) in rows {
-        let hinted = rests_on_hint(&change, delete.as_ref());
-        match answers.get(&change.object) {
+    for row in batch.take_rows() {
+        let hinted = rests_on_hint(&row.change, row.delete.as_ref());
+        match answers.get(&row.change.object) {
             Some(Answer::Read(read)) if hinted => {
                 // The object's first hint row carries the read; the others go.
-                if read_objects.insert(change.object.clone()) {
-                    reads.push((read_change(&change, read.clone(), at), origin));
+                if read_objects.insert(row.change.object.clone()) {
+                    reads.push((read_change(&row.change, read.clone(), at), row.origin));
                 }
             }
             Some(Answer::Unreadable(reason)) if hinted => {
                 let reason = format!("HeadObject for the event's object: {reason}");
                 batch.dead_letters.push(change_dead_letter(
-                    &change,
-                    origin,
+                    &row.change,
+                    row.origin,
                     "unreadable_object",
                     reason,
                 ));
             }
-            _ => {
-                batch.changes.push(change);
-                batch.origins.push(origin);
-                batch.deletes.push(delete);
-            }
+            _ => rows.push(row),
         }
     }
     if !batch.history.is_empty() {
@@ -193,30 +186,12 @@ fn apply(batch: &mut WriteBatch, answers: HashMap<ObjectId, Answer>, at: OffsetD
             .retain(|(change, _)| !(is_hint(change) && answers.contains_key(&change.object)));
         batch.history.extend(reads.iter().cloned());
     }
-    for (change, origin) in reads {
-        batch.changes.push(change);
-        batch.origins.push(origin);
-        batch.deletes.push(None);
-    }
-    sort_rows(batch);
-}
-
-/// Puts the rows back in (object, version) order, the order every write locks rows in.
-fn sort_rows(batch: &mut WriteBatch) {
-    let mut rows: Vec<((Change, Origin), Option<(Change, Origin)>)> =
-        std::mem::take(&mut batch.changes)
-            .into_iter()
-            .zip(std::mem::take(&mut batch.origins))
-            .zip(std::mem::take(&mut batch.deletes))
-            .collect();
-    rows.sort_by(|((a, _), _), ((b, _), _)| {
-        (&a.object, version_key(a)).cmp(&(&b.object, version_key(b)))
-    });
-    for ((change, origin), delete) in rows {
-        batch.changes.push(change);
-        batch.origins.push(origin);
-        batch.deletes.push(delete);
-    }
+    rows.extend(reads.into_iter().map(|(change, origin)| VersionRow {
+        change,
+        origin,
+        delete: None,
+    }));
+    batch.set_rows(rows);
 }
 
 /// The change a read makes of a hint: the object's state as the store gave it, or a

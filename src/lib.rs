@@ -22,6 +22,7 @@ pub mod offsets;
 pub mod pipeline;
 pub mod poller;
 pub mod produce;
+pub mod purge;
 pub mod redact;
 pub mod retry;
 pub mod s3;
@@ -96,6 +97,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
             services.clone(),
         ));
         let reconciler = start_reconciler(&config, &metrics, &services)?;
+        start_purger(&config, &metrics, &services)?;
         let prefetch_kib = budget::Budget::prefetch_kib(config.memory_budget);
         let (consumer, rebalances) =
             kafka::subscribe(&config.kafka, prefetch_kib, metrics.clone())?;
@@ -231,6 +233,31 @@ fn start_reconciler(
         metrics.clone(),
         services.clone(),
     ))))
+}
+
+/// Starts the retention purge (which also refreshes the table-row gauges) on a pool of its
+/// own: one connection, holding the purge lock while it purges.
+fn start_purger(
+    config: &RunConfig,
+    metrics: &Metrics,
+    services: &CancellationToken,
+) -> Result<(), Error> {
+    let database = DatabaseConfig {
+        database_pool_size: 1,
+        ..config.database.clone()
+    };
+    let retention = purge::Retention {
+        tombstones: config.retention.tombstone_retention,
+        history: config.retention.history_retention,
+    };
+    tokio::spawn(purge::run(
+        sink::connect(&database)?,
+        retention,
+        config.retention.purge_every,
+        metrics.clone(),
+        services.clone(),
+    ));
+    Ok(())
 }
 
 /// Applies the migrations and returns how many were applied.

@@ -48,6 +48,10 @@ pub const DATABASE_ERROR_KINDS: [&str; 7] = [
 pub const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "lost"];
 /// `result` values of `objmeta_reconcile_runs_total`.
 pub const RECONCILE_RESULTS: [&str; 3] = ["ok", "failed", "elsewhere"];
+/// `result` values of `objmeta_purge_runs_total`.
+pub const PURGE_RESULTS: [&str; 3] = ["done", "skipped", "failed"];
+/// `table` values of `objmeta_purged_rows_total` and `objmeta_table_rows`.
+pub const TABLES: [&str; 3] = ["object_metadata", "object_versions", "object_history"];
 /// `result` values of `objmeta_enrich_heads_total`: `found`, `gone` (404), or an
 /// `S3Error::kind_label`; the errors listed here start at zero.
 pub const ENRICH_RESULTS: [&str; 6] = [
@@ -125,6 +129,12 @@ pub struct Metrics {
     pub enrich_heads: IntCounterVec,
     /// Latency of one enrichment HeadObject, errors included.
     pub enrich_head_seconds: Histogram,
+    /// Purge rounds, by result (skipped: another replica held the lock).
+    pub purge_runs: IntCounterVec,
+    /// Rows purged past their retention, by table.
+    pub purged_rows: IntCounterVec,
+    /// Rows per table, the planner's estimate.
+    pub table_rows: GaugeVec,
 }
 
 impl Metrics {
@@ -241,6 +251,23 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.0005, 2.0, 16)?),
             )?,
+            purge_runs: counter_vec(
+                "objmeta_purge_runs_total",
+                "Rounds of the retention purge and table counts, by result (skipped: another replica held the purge lock)",
+                &["result"],
+            )?,
+            purged_rows: counter_vec(
+                "objmeta_purged_rows_total",
+                "Rows deleted past their retention (--tombstone-retention, --history-retention), by table",
+                &["table"],
+            )?,
+            table_rows: GaugeVec::new(
+                Opts::new(
+                    "objmeta_table_rows",
+                    "Rows of objmeta's tables, the planner's estimate (refreshed by autovacuum's analyze), by table",
+                ),
+                &["table"],
+            )?,
             reconcile_runs: counter_vec(
                 "objmeta_reconcile_runs_total",
                 "Periodic reconciles this member was due to run, by result (elsewhere: another replica held the lock)",
@@ -315,6 +342,12 @@ impl Metrics {
         for result in RECONCILE_RESULTS {
             self.reconcile_runs.with_label_values(&[result]);
         }
+        for result in PURGE_RESULTS {
+            self.purge_runs.with_label_values(&[result]);
+        }
+        for table in TABLES {
+            self.purged_rows.with_label_values(&[table]);
+        }
     }
 
     fn register_all(&self) -> Result<(), prometheus::Error> {
@@ -354,6 +387,9 @@ impl Metrics {
             Box::new(self.source_events.clone()),
             Box::new(self.enrich_heads.clone()),
             Box::new(self.enrich_head_seconds.clone()),
+            Box::new(self.purge_runs.clone()),
+            Box::new(self.purged_rows.clone()),
+            Box::new(self.table_rows.clone()),
         ];
         for collector in collectors {
             self.registry.register(collector)?;

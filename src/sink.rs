@@ -21,69 +21,16 @@ use crate::http::Attempt;
 use crate::split::{halves, Plan, Step};
 use crate::tls::TlsSettings;
 
-/// The merge of an incoming version row (`excluded`) into the stored one
-/// (`t`), shared by every statement that writes version rows (events here,
-/// reads of the bucket in `listing::store`), so that one rule orders them
-/// all: the state is replaced only by one that supersedes it
-/// (`objmeta_supersedes`, sql/0004 and 0005), the permanent delete only by
-/// a newer one. When an event replaces a read of the very same state, the
-/// row keeps `read_at`: the bucket was seen in that state then, which a
-/// redelivered older event must still lose to. A row whose merge changes
-/// nothing is not updated at all (no new row version, no index churn).
-macro_rules! merge_into_version {
-    () => {
-        r#"
-    ON CONFLICT (bucket, key, version_id) DO UPDATE SET
-        size = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.size ELSE t.size END,
-        etag = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.etag ELSE t.etag END,
-        content_type = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.content_type ELSE t.content_type END,
-        user_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.user_metadata ELSE t.user_metadata END,
-        system_metadata = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.system_metadata ELSE t.system_metadata END,
-        event_name = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_name ELSE t.event_name END,
-        event_time = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.event_time ELSE t.event_time END,
-        sequencer = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.sequencer ELSE t.sequencer END,
-        deleted_at = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.deleted_at ELSE t.deleted_at END,
-        kafka_partition = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_partition ELSE t.kafka_partition END,
-        kafka_offset = CASE WHEN objmeta_supersedes(excluded, t) THEN excluded.kafka_offset ELSE t.kafka_offset END,
-        read_at = CASE WHEN NOT objmeta_supersedes(excluded, t) THEN t.read_at
-                       WHEN objmeta_same_state(excluded, t) THEN greatest(excluded.read_at, t.read_at)
-                       ELSE excluded.read_at END,
-        version_deleted_by = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_by ELSE t.version_deleted_by END,
-        version_deleted_at = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_at ELSE t.version_deleted_at END,
-        version_deleted_sequencer = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_sequencer ELSE t.version_deleted_sequencer END,
-        version_deleted_partition = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_partition ELSE t.version_deleted_partition END,
-        version_deleted_offset = CASE WHEN objmeta_delete_supersedes(excluded, t) THEN excluded.version_deleted_offset ELSE t.version_deleted_offset END,
-        updated_at = excluded.updated_at
-    WHERE objmeta_supersedes(excluded, t) OR objmeta_delete_supersedes(excluded, t)"#
-    };
-}
-pub(crate) use merge_into_version;
-
-/// Upserts a batch of version rows (one per object version, reduced by
+/// Writes a batch of version rows (one per object version, reduced by
 /// batch.rs; an enriched one is a read of the bucket, with `read_at`), each
-/// merged into the stored one by [`merge_into_version`]; that a merge which
-/// changes nothing writes nothing is what makes redelivered events cheap.
-pub const UPSERT_SQL: &str = concat!(
-    r#"
-INSERT INTO object_versions AS t (
-    bucket, key, version_id, size, etag, content_type, user_metadata,
-    system_metadata, event_name, event_time, sequencer, deleted_at,
-    kafka_partition, kafka_offset, read_at, version_deleted_by, version_deleted_at,
-    version_deleted_sequencer, version_deleted_partition, version_deleted_offset, updated_at)
-SELECT u.bucket, u.key, u.version_id, u.size, u.etag, u.content_type, u.user_metadata::jsonb,
-       u.system_metadata::jsonb, u.event_name, u.event_time, u.sequencer, u.deleted_at,
-       u.kafka_partition, u.kafka_offset, u.read_at, u.d_by, u.d_at, u.d_seq, u.d_part, u.d_off,
-       now()
-FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int8[],
-    $12::timestamptz[], $13::int4[], $14::int8[], $15::timestamptz[],
-    $16::text[], $17::timestamptz[], $18::int8[], $19::int4[], $20::int8[]
-) AS u(bucket, key, version_id, size, etag, content_type, user_metadata,
-       system_metadata, event_name, event_time, sequencer, deleted_at,
-       kafka_partition, kafka_offset, read_at, d_by, d_at, d_seq, d_part, d_off)"#,
-    merge_into_version!()
-);
+/// merged into the stored one by sql/0005's `objmeta_upsert_versions`, the
+/// one place of that rule; that a merge which changes nothing writes nothing
+/// is what makes redelivered events cheap.
+pub const UPSERT_SQL: &str = "SELECT objmeta_upsert_versions(\
+     $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], \
+     $8::text[], $9::text[], $10::timestamptz[], $11::int8[], $12::timestamptz[], $13::int4[], \
+     $14::int8[], $15::timestamptz[], $16::text[], $17::timestamptz[], $18::int8[], \
+     $19::int4[], $20::int8[])";
 
 /// Derives the current rows of the given objects from their versions
 /// (sql/0005, `objmeta_derive`); counts the rows that became live and those
@@ -92,22 +39,11 @@ pub const DERIVE_SQL: &str =
     "SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) \
      FROM objmeta_derive($1::text[], $2::text[])";
 
-/// Appends changes to `object_history`; one already there is left alone.
-const HISTORY_SQL: &str = r#"
-INSERT INTO object_history (
-    bucket, key, version_id, event_name, sequencer, event_time, removal, size, etag,
-    content_type, user_metadata, system_metadata, kafka_partition, kafka_offset, read_at)
-SELECT u.bucket, u.key, u.version_id, u.event_name, u.sequencer, u.event_time, u.removal,
-       u.size, u.etag, u.content_type, u.user_metadata::jsonb, u.system_metadata::jsonb,
-       u.kafka_partition, u.kafka_offset, u.read_at
-FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[],
-    $7::bool[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[],
-    $13::int4[], $14::int8[], $15::timestamptz[]
-) AS u(bucket, key, version_id, event_name, sequencer, event_time, removal, size, etag,
-       content_type, user_metadata, system_metadata, kafka_partition, kafka_offset, read_at)
-ON CONFLICT DO NOTHING
-"#;
+/// Appends changes to `object_history` (sql/0005's `objmeta_record_history`).
+const HISTORY_SQL: &str = "SELECT objmeta_record_history(\
+     $1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::timestamptz[], $7::bool[], \
+     $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::int8[], \
+     $15::timestamptz[])";
 
 /// The metadata of a tombstone.
 const EMPTY_OBJECT: &str = "{}";
@@ -149,9 +85,11 @@ impl std::ops::AddAssign for WriteReport {
 /// only partly understands: see [`crate::tls::TlsSettings`].
 pub fn connect(config: &DatabaseConfig) -> Result<Pool, SinkError> {
     let statement = config.database_statement_timeout.as_millis();
+    // `objmeta.derives`: this version derives object_metadata from object_versions, so its
+    // writes are not mirrored like those of earlier replicas (sql/0005).
     let options = format!(
         "-c search_path={} -c statement_timeout={statement} -c lock_timeout={} \
-         -c idle_in_transaction_session_timeout={statement}",
+         -c idle_in_transaction_session_timeout={statement} -c objmeta.derives=on",
         config.database_schema,
         config.database_lock_timeout.as_millis(),
     );

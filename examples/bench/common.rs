@@ -12,8 +12,6 @@ use tokio_postgres::{Client, NoTls};
 
 use objmeta::config::DatabaseConfig;
 
-/// objmeta's own statement, so that the ceiling's baseline shape is the one objmeta sends.
-
 /// The broker and topic every Kafka-side subcommand works on.
 #[derive(clap::Args, Clone)]
 pub struct KafkaArgs {

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use crate::error::SinkError;
 use crate::event::{Action, Basis, Change, ObjectId};
 use crate::s3::ObjectRead;
-use crate::sink::{count, database_now, derive, merge_into_version, signed, write_rows};
+use crate::sink::{count, database_now, derive, signed, write_rows};
 
 use super::{Kind, Tally, Target};
 
@@ -53,15 +53,14 @@ LEFT JOIN object_metadata p ON p.bucket = (i.r).bucket AND p.key = (i.r).key
 /// row a consumer rewrites meanwhile be judged again on its new version
 /// (then written after the start: kept). Returns the keys removed, the
 /// last key read and how many were read.
-const SWEEP_SQL: &str = concat!(
-    r#"
+const SWEEP_SQL: &str = r#"
 WITH scanned AS (
     SELECT t.key FROM object_metadata t
     WHERE t.bucket = $1 AND t.key > $5
     ORDER BY t.key
     LIMIT $4
 ), doomed AS (
-    SELECT t.bucket, t.key FROM object_metadata t
+    SELECT t.key FROM object_metadata t
     JOIN scanned s ON t.bucket = $1 AND t.key = s.key
     WHERE starts_with(t.key, $2) AND t.live AND t.updated_at < $3
       AND NOT EXISTS (
@@ -69,19 +68,24 @@ WITH scanned AS (
           WHERE k.bucket = $1 AND k.prefix = $2 AND k.kind = 'reconcile' AND k.key = t.key)
     FOR UPDATE OF t
 ), gone AS (
-    INSERT INTO object_versions AS t (
-        bucket, key, version_id, event_name, event_time, sequencer, deleted_at, read_at,
-        updated_at)
-    SELECT d.bucket, d.key, 'null', 'objmeta:Reconcile', $3, objmeta_ns($3), now(), $3, now()
-    FROM doomed d"#,
-    merge_into_version!(),
-    r#"
-    RETURNING t.key
+    SELECT coalesce(array_agg(key ORDER BY key), '{}') AS keys, count(*)::int AS n FROM doomed
+), written AS (
+    SELECT objmeta_upsert_versions(
+        array_fill($1::text, ARRAY[n]), keys, array_fill('null'::text, ARRAY[n]),
+        array_fill(NULL::int8, ARRAY[n]), array_fill(NULL::text, ARRAY[n]),
+        array_fill(NULL::text, ARRAY[n]), array_fill('{}'::text, ARRAY[n]),
+        array_fill('{}'::text, ARRAY[n]), array_fill('objmeta:Reconcile'::text, ARRAY[n]),
+        array_fill($3::timestamptz, ARRAY[n]), array_fill(objmeta_ns($3), ARRAY[n]),
+        array_fill(now(), ARRAY[n]), array_fill(NULL::int4, ARRAY[n]),
+        array_fill(NULL::int8, ARRAY[n]), array_fill($3::timestamptz, ARRAY[n]),
+        array_fill(NULL::text, ARRAY[n]), array_fill(NULL::timestamptz, ARRAY[n]),
+        array_fill(NULL::int8, ARRAY[n]), array_fill(NULL::int4, ARRAY[n]),
+        array_fill(NULL::int8, ARRAY[n]))
+    FROM gone
 )
-SELECT (SELECT coalesce(array_agg(key), '{}') FROM gone), (SELECT max(key) FROM scanned),
-       (SELECT count(*) FROM scanned)
-"#
-);
+SELECT (SELECT keys FROM gone), (SELECT max(key) FROM scanned), (SELECT count(*) FROM scanned),
+       (SELECT count(*) FROM written)
+"#;
 
 /// Rows a sweep statement reads at most, and listed keys a statement of
 /// `finish` forgets at most: each statement stays well within the

@@ -186,6 +186,7 @@ where
 }
 
 /// One test's own topic, consumer group and database schema.
+#[derive(Clone)]
 pub struct TestBed {
     pub name: String,
     pub topic: String,

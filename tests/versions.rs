@@ -275,3 +275,155 @@ async fn photo_ids(bed: &TestBed) -> Vec<(String, String)> {
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// A put of `key` now (its event time is the sequencer): inside any retention.
+fn put_now(bucket: &str, key: &str, version: Option<&str>) -> Message {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+    minio_message(
+        "s3:ObjectCreated:Put",
+        bucket,
+        key,
+        now,
+        version,
+        &[("X-Amz-Meta-Id", key)],
+    )
+}
+
+fn delete_now(bucket: &str, key: &str, version: Option<&str>) -> Message {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+    minio_message("s3:ObjectRemoved:Delete", bucket, key, now, version, &[])
+}
+
+async fn keys_of(bed: &TestBed, sql: &str) -> Vec<String> {
+    bed.db()
+        .await
+        .query(sql, &[])
+        .await
+        .expect("query keys")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Retention: tombstones and permanently deleted versions unchanged longer than
+/// --tombstone-retention go (with the tombstones' versions), history older than
+/// --history-retention goes, everything younger stays, and purges running while a stream of
+/// puts is consumed change no current row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_remove_what_is_past_retention_and_no_current_row() {
+    let bed = TestBed::new("retention", 2).await;
+    let objmeta = bed.start(&[
+        "--tombstone-retention",
+        "8s",
+        "--history-retention",
+        "365d",
+        "--purge-every",
+        "1s",
+    ]);
+    let bucket = "kept";
+    // History from 2025 (older than 365 days): purged at once.
+    let old = [
+        minio_message("s3:ObjectCreated:Put", bucket, "old-history", T0, None, &[]),
+        minio_message(
+            "s3:ObjectRemoved:Delete",
+            bucket,
+            "old-history",
+            T0 + 5,
+            None,
+            &[],
+        ),
+    ];
+    let early = [
+        put_now(bucket, "gone-early", None),
+        delete_now(bucket, "gone-early", None),
+        put_now(bucket, "live", None),
+        put_now(bucket, "versioned", Some("v1")),
+        put_now(bucket, "versioned", Some("v2")),
+        delete_now(bucket, "versioned", Some("v1")),
+    ];
+    let mut sent = 0;
+    for batch in [&old[..], &early[..]] {
+        bed.publish(batch).await;
+        sent += batch.len() as i64;
+    }
+    bed.wait_committed(sent, Duration::from_secs(60)).await;
+    // A stream of puts while the purges run, and a tombstone too young to go.
+    let stream: Vec<Message> = (0..400)
+        .map(|i| put_now(bucket, &format!("stream-{i:03}"), None))
+        .collect();
+    let started = std::time::Instant::now();
+    for chunk in stream.chunks(20) {
+        bed.publish(chunk).await;
+        sent += chunk.len() as i64;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    while started.elapsed() < Duration::from_secs(9) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = [
+        put_now(bucket, "gone-late", None),
+        delete_now(bucket, "gone-late", None),
+    ];
+    bed.publish(&late).await;
+    sent += late.len() as i64;
+    bed.wait_committed(sent, Duration::from_secs(60)).await;
+    common::wait_until(
+        Duration::from_secs(30),
+        "the early tombstones purged",
+        || async {
+            let sql = "SELECT key FROM object_metadata WHERE key IN ('gone-early', 'old-history')";
+            keys_of(&bed, sql).await.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    let tombstones = keys_of(
+        &bed,
+        "SELECT key FROM object_metadata WHERE NOT live ORDER BY key",
+    )
+    .await;
+    assert_eq!(tombstones, vec!["gone-late"], "the young tombstone stays");
+    let versions = keys_of(
+        &bed,
+        "SELECT key || '/' || version_id FROM object_versions
+         WHERE key IN ('versioned', 'gone-early', 'live') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        versions,
+        vec!["live/null", "versioned/v2"],
+        "gone versions and tombstones' versions go"
+    );
+    let live = keys_of(&bed, "SELECT key FROM current_objects ORDER BY key").await;
+    let mut want: Vec<String> = stream
+        .iter()
+        .map(|(k, _)| k.trim_start_matches("kept/").to_string())
+        .chain(["live".to_string(), "versioned".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(live, want, "no current row changed");
+    let history = keys_of(
+        &bed,
+        "SELECT DISTINCT key FROM object_history WHERE key LIKE '%history%'",
+    )
+    .await;
+    assert!(
+        history.is_empty(),
+        "history older than its retention goes: {history:?}"
+    );
+    let kept = keys_of(
+        &bed,
+        "SELECT DISTINCT key FROM object_history WHERE key = 'gone-early'",
+    )
+    .await;
+    assert_eq!(
+        kept,
+        vec!["gone-early"],
+        "young history stays, also of purged objects"
+    );
+    let purged = TestBed::metric_sum(objmeta.http_port, "objmeta_purged_rows_total")
+        .await
+        .expect("purge counter");
+    assert!(purged >= 5.0, "{purged}");
+    objmeta.stop().await.expect("objmeta stops");
+}

@@ -54,6 +54,10 @@ pub struct ProduceArgs {
     #[arg(long, env = "PRODUCE_DELETE_PERCENT", default_value_t = 10,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub delete_percent: u8,
+    /// Publish as a versioned bucket does: every Put and Copy a new version, every Delete a
+    /// delete marker.
+    #[arg(long, env = "PRODUCE_VERSIONED")]
+    pub versioned: bool,
     /// Seed of the workload: the same seed and sizes give the same messages.
     #[arg(long, env = "PRODUCE_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -143,6 +147,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<ProduceSummary> {
     spec.validate()?;
     let mut workload = match args.scenario {
         Some(Scenario::Guide) => Workload::guide(),
+        None if args.versioned => Workload::new(&spec).versioned(),
         None => Workload::new(&spec),
     }
     .with_wall_clock();
@@ -469,6 +474,44 @@ mod tests {
             ..spec(500, 50)
         };
         assert_ne!(first, workload(&other_seed).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_versioned_workload_is_the_same_mix_with_versions_and_delete_markers() {
+        let plain: Vec<_> = workload(&spec(2_000, 100)).collect();
+        let versioned: Vec<_> = Workload::new(&spec(2_000, 100)).versioned().collect();
+        let mut versions = HashSet::new();
+        for (plain, versioned) in plain.iter().zip(&versioned) {
+            let (a, b) = (parse_one(plain), parse_one(versioned));
+            assert_eq!((&a.object, a.sequencer), (&b.object, b.sequencer));
+            let version = match (&a.action, &b.action) {
+                (Action::Upsert(a), Action::Upsert(b)) => {
+                    assert_eq!((a.version_id.as_deref(), &a.etag), (None, &b.etag));
+                    b.version_id.clone()
+                }
+                (
+                    Action::Remove { .. },
+                    Action::Remove {
+                        version_id,
+                        only_if_current_version,
+                    },
+                ) => {
+                    assert_eq!(a.event_name, "s3:ObjectRemoved:Delete");
+                    assert_eq!(b.event_name, "s3:ObjectRemoved:DeleteMarkerCreated");
+                    assert!(
+                        !only_if_current_version,
+                        "a marker is not a permanent delete"
+                    );
+                    version_id.clone()
+                }
+                other => panic!("different actions: {other:?}"),
+            };
+            assert!(
+                versions.insert(version.expect("a version id")),
+                "version ids are unique"
+            );
+        }
+        assert_eq!(versions.len(), 2_000);
     }
 
     #[test]
@@ -806,6 +849,7 @@ mod tests {
             objects: 300,
             copy_percent: 10,
             delete_percent: 10,
+            versioned: false,
             seed: 42,
             partitions: 4,
             scenario: None,

@@ -110,6 +110,16 @@ impl Workload {
         self
     }
 
+    /// Makes the bucket versioned: every Put and Copy creates a new version (its `versionId`),
+    /// and a Delete creates a delete marker (`s3:ObjectRemoved:DeleteMarkerCreated`), as
+    /// MinIO reports them. Objects, operations and metadata stay the same.
+    pub fn versioned(mut self) -> Self {
+        if let Plan::Generated(generator) = &mut self.plan {
+            generator.versioned = true;
+        }
+        self
+    }
+
     /// The error that ended the iteration early, if any.
     pub fn finish(self) -> Result<(), ProduceError> {
         self.failure.map_or(Ok(()), Err)
@@ -155,6 +165,17 @@ struct Planned {
     metadata: Vec<(&'static str, String)>,
     /// Which MinIO node emitted the event (origin endpoint, `x-amz-id-2`).
     node: u64,
+    /// The version it creates (a delete marker's for a Delete) in a versioned bucket.
+    version_id: Option<String>,
+}
+
+impl Planned {
+    fn event_name(&self) -> &'static str {
+        match (self.op, self.version_id.is_some()) {
+            (Op::Delete, true) => "s3:ObjectRemoved:DeleteMarkerCreated",
+            (op, _) => op.event_name(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +221,7 @@ struct Generator {
     next: u64,
     clock_ns: i64,
     wall_clock: bool,
+    versioned: bool,
     objects: Vec<Slot>,
 }
 
@@ -211,6 +233,7 @@ impl Generator {
             next: 0,
             clock_ns: START_NS,
             wall_clock: false,
+            versioned: false,
             objects: Vec::with_capacity(usize::try_from(capacity).unwrap_or(0)),
             spec,
         }
@@ -292,6 +315,10 @@ impl Generator {
             content_type,
             metadata,
             node: self.rng.below(NODES),
+            // Not drawn from the PRNG: versioning must not change the random sequence.
+            version_id: self
+                .versioned
+                .then(|| format!("{object:08x}-0000-4000-8000-{event:012x}")),
         }
     }
 
@@ -361,6 +388,7 @@ fn guide_plan() -> Vec<Planned> {
         content_type: "text/plain",
         metadata: metadata(id),
         node: 0,
+        version_id: None,
     };
     vec![
         event(Op::Put, put_ns, "1843"),
@@ -383,7 +411,7 @@ fn render(event: &Planned) -> Result<ProducedMessage, ProduceError> {
         event_source: "minio:s3".into(),
         aws_region: "".into(),
         event_time: event_time(event.time_ns)?.into(),
-        event_name: event.op.event_name().into(),
+        event_name: event.event_name().into(),
         user_identity: owner(),
         request_parameters: string_map([
             ("principalId", ACCESS_KEY),
@@ -413,7 +441,7 @@ fn render(event: &Planned) -> Result<ProducedMessage, ProduceError> {
         },
     };
     let envelope = Envelope {
-        event_name: event.op.event_name().into(),
+        event_name: event.event_name().into(),
         key: key.as_str().into(),
         records: vec![record],
     };
@@ -426,6 +454,7 @@ fn wire_object(event: &Planned) -> Object<'_> {
     let mut object = Object {
         key: query_escape(&event.name).into(),
         sequencer: format!("{:X}", event.time_ns).into(),
+        version_id: event.version_id.as_deref().unwrap_or_default().into(),
         ..Object::default()
     };
     if event.op != Op::Delete {

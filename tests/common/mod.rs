@@ -1011,9 +1011,23 @@ impl TestBed {
     /// Like `spawn_binary`, with extra environment (overriding the bed's and the test
     /// process's); an empty value removes the variable.
     pub fn spawn_binary_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Binary {
+        self.spawn_program(
+            std::path::Path::new(env!("CARGO_BIN_EXE_objmeta")),
+            extra,
+            env,
+        )
+    }
+
+    /// `program run` (an objmeta binary: this build's, or another version's) on this bed.
+    pub fn spawn_program(
+        &self,
+        program: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
         let http_port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_objmeta"));
+        let mut command = Command::new(program);
         command
             .arg("run")
             .args(extra)

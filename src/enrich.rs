@@ -17,7 +17,7 @@
 //! be stored (a response objmeta cannot read) turns the record into a dead letter.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use time::OffsetDateTime;
@@ -53,17 +53,25 @@ pub struct Enricher {
     concurrency: usize,
     permits: Arc<Semaphore>,
     metrics: Metrics,
+    attempt_limit: Duration,
 }
 
 impl Enricher {
-    pub fn new(s3: S3, concurrency: usize, metrics: Metrics) -> Self {
+    /// `attempt_limit`: how long a round may go without an answer before liveness counts it
+    /// as hung.
+    pub fn new(s3: S3, concurrency: usize, metrics: Metrics, attempt_limit: Duration) -> Self {
         let concurrency = concurrency.max(1);
         Enricher {
             s3,
             concurrency,
             permits: Arc::new(Semaphore::new(concurrency)),
             metrics,
+            attempt_limit,
         }
+    }
+
+    pub fn attempt_limit(&self) -> Duration {
+        self.attempt_limit
     }
 
     /// One round: reads every hint of `batch` not read yet, concurrently. A read that

@@ -42,9 +42,9 @@ pub struct Health {
     stall_timeout: Duration,
     /// Longest time a write attempt may go without finishing a round trip.
     attempt_limit: Duration,
-    /// Running write attempts: id -> milliseconds since `started` at their
-    /// start or last finished round trip.
-    attempts: Mutex<HashMap<u64, u64>>,
+    /// Running attempts: id -> (milliseconds since `started` at their start or last finished
+    /// round trip, their limit).
+    attempts: Mutex<HashMap<u64, (u64, Duration)>>,
     next_attempt: AtomicU64,
 }
 
@@ -78,8 +78,14 @@ impl Health {
     /// A write attempt starts; it counts as running until the returned guard
     /// is dropped (which also reports progress).
     pub fn attempt(self: &Arc<Self>) -> Attempt {
+        self.attempt_within(self.attempt_limit)
+    }
+
+    /// An attempt whose round trips are of another kind, each allowed `limit` (an
+    /// enrichment round waits on HeadObject requests, not on the database).
+    pub fn attempt_within(self: &Arc<Self>, limit: Duration) -> Attempt {
         let id = self.next_attempt.fetch_add(1, Ordering::Relaxed);
-        self.lock_attempts().insert(id, self.now_ms());
+        self.lock_attempts().insert(id, (self.now_ms(), limit));
         Attempt {
             health: Some(self.clone()),
             id,
@@ -88,7 +94,7 @@ impl Health {
 
     /// A poisoned lock only means another thread panicked while holding it;
     /// the map of plain numbers is still usable.
-    fn lock_attempts(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+    fn lock_attempts(&self) -> MutexGuard<'_, HashMap<u64, (u64, Duration)>> {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -128,17 +134,19 @@ impl Health {
         self.is_live_at(self.started.elapsed())
     }
 
-    /// Liveness as of `now`, measured from start-up: no write attempt has
-    /// gone without a finished round trip for longer than the attempt
-    /// limit, and either an attempt is running (within that limit) or the
-    /// loop progressed within the stall timeout.
+    /// Liveness as of `now`, measured from start-up: no attempt has gone
+    /// without a finished round trip for longer than its limit, and either an
+    /// attempt is running (within its limit) or the loop progressed within
+    /// the stall timeout.
     fn is_live_at(&self, now: Duration) -> bool {
-        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
-        let oldest = self.lock_attempts().values().min().copied();
-        match oldest {
-            Some(t) => now.saturating_sub(Duration::from_millis(t)) <= self.attempt_limit,
-            None => now.saturating_sub(last) <= self.stall_timeout,
+        let attempts = self.lock_attempts();
+        if attempts.is_empty() {
+            let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+            return now.saturating_sub(last) <= self.stall_timeout;
         }
+        attempts
+            .values()
+            .all(|&(at, limit)| now.saturating_sub(Duration::from_millis(at)) <= limit)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -183,7 +191,7 @@ impl Attempt {
             return;
         };
         let now = health.now_ms();
-        if let Some(at) = health.lock_attempts().get_mut(&self.id) {
+        if let Some((at, _)) = health.lock_attempts().get_mut(&self.id) {
             *at = now;
         }
     }
@@ -315,7 +323,13 @@ mod tests {
     fn at(health: &Health, key: &str) -> Duration {
         let ms = match key {
             "progress" => health.last_progress_ms.load(Ordering::Relaxed),
-            _ => *health.lock_attempts().values().min().unwrap(),
+            // The newest attempt's clock.
+            _ => health
+                .lock_attempts()
+                .values()
+                .map(|(at, _)| *at)
+                .max()
+                .unwrap(),
         };
         Duration::from_millis(ms)
     }
@@ -361,6 +375,20 @@ mod tests {
         drop(hung);
         let ended = at(&health, "progress");
         assert!(health.is_live_at(ended + Duration::from_secs(59)));
+    }
+
+    #[test]
+    fn an_attempt_of_another_kind_has_its_own_limit() {
+        let health = Arc::new(Health::new(Duration::from_secs(5), Duration::from_secs(13)));
+        let heads = health.attempt_within(Duration::from_secs(40));
+        let started = at(&health, "attempt");
+        assert!(health.is_live_at(started + Duration::from_secs(40)));
+        assert!(!health.is_live_at(started + Duration::from_secs(41)));
+        // A write beside it still gets only the database's limit.
+        let write = health.attempt();
+        let begun = at(&health, "attempt");
+        assert!(!health.is_live_at(begun + Duration::from_secs(14)));
+        drop((heads, write));
     }
 
     #[test]

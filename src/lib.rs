@@ -60,12 +60,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), E
     let metrics = Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
     let health = Arc::new(Health::new(
         config.health_stall_timeout,
-        // An enrichment round's longest wait is one HeadObject.
-        config
-            .database
-            .longest_round_trip()
-            .max(config.s3.s3_request_timeout)
-            + ATTEMPT_SLACK,
+        config.database.longest_round_trip() + ATTEMPT_SLACK,
     ));
     let migrations = sink::connect_for_migrations(&config.database)?;
     let pool = sink::connect(&config.database)?;
@@ -189,6 +184,12 @@ fn enricher(config: &RunConfig, metrics: &Metrics) -> Result<Option<Arc<Enricher
         s3,
         config.enrich_concurrency,
         metrics.clone(),
+        // A round's longest wait is one HeadObject (or the database clock).
+        config
+            .s3
+            .s3_request_timeout
+            .max(config.database.longest_round_trip())
+            + ATTEMPT_SLACK,
     ))))
 }
 

@@ -134,7 +134,7 @@ impl Writer {
         };
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, self.retry_max_backoff);
         loop {
-            let attempt = self.health.attempt();
+            let attempt = self.health.attempt_within(enricher.attempt_limit());
             let round = tokio::select! {
                 biased;
                 _ = self.abandon.cancelled() => return Err(Error::Database(SinkError::Abandoned)),

@@ -302,6 +302,16 @@ fn signal_postgres(instance: &PrivateServices, signal: &str) {
     assert!(status.success(), "kill -{signal} {pids:?}");
 }
 
+/// Sends SIGCONT to the instance's server when dropped: a failing assertion while the server
+/// is stopped must not leave it stopped for the next run (whose start would wait on it).
+struct Thaw<'a>(&'a PrivateServices);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        signal_postgres(self.0, "CONT");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_keeps_a_retrying_member_alive_and_fails_a_hung_one() {
     let instance = PrivateServices::start("liveness");
@@ -350,6 +360,7 @@ async fn liveness_keeps_a_retrying_member_alive_and_fails_a_hung_one() {
     // The server stops answering: a write hangs on its open connection
     // (the kernel still acknowledges, so keepalives see nothing).
     signal_postgres(&instance, "STOP");
+    let thaw = Thaw(&instance);
     bed.publish(&[put("while-stopped", 2)]).await;
     let frozen = Instant::now();
     // Attempt limit: the longest round trip (the 3 s keepalive bound, over
@@ -358,7 +369,7 @@ async fn liveness_keeps_a_retrying_member_alive_and_fails_a_hung_one() {
         (status(port, "/healthz").await == 503).then(|| frozen.elapsed())
     })
     .await;
-    signal_postgres(&instance, "CONT");
+    drop(thaw);
     assert!(
         hung_at >= Duration::from_secs(12),
         "a hang counts only after the attempt limit: {hung_at:?}"

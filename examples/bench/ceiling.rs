@@ -173,8 +173,11 @@ async fn pass(
     mut messages: Workload,
     sequencer_bump: i64,
 ) -> anyhow::Result<Duration> {
-    // objmeta's own statements are prepared by `sink::upsert`.
-    let prepared = client.prepare(PLAIN_UPSERT_SQL).await?;
+    let prepared = Prepared {
+        plain: client.prepare(PLAIN_UPSERT_SQL).await?,
+        versions: client.prepare(UPSERT_SQL).await?,
+        derive: client.prepare(DERIVE_SQL).await?,
+    };
     let mut spent = Duration::ZERO;
     let mut batch: Vec<Change> = Vec::with_capacity(shape.batch);
     loop {
@@ -196,10 +199,18 @@ async fn pass(
     }
 }
 
+/// The statements of both shapes: the plain upsert, and objmeta's two (`sink::upsert`: the
+/// versions, then the rows derived from them).
+struct Prepared {
+    plain: tokio_postgres::Statement,
+    versions: tokio_postgres::Statement,
+    derive: tokio_postgres::Statement,
+}
+
 async fn write(
     client: &mut Client,
     statement: Statement,
-    prepared: &tokio_postgres::Statement,
+    prepared: &Prepared,
     changes: &[Change],
 ) -> anyhow::Result<()> {
     // Every change of the workload is an object's only one in its batch, at
@@ -219,19 +230,14 @@ async fn write(
     let tx = client.transaction().await?;
     match statement {
         Statement::Objmeta => {
-            // The two statements of `sink::upsert`: the versions, then the rows derived.
             let columns = Columns::new(rows);
-            tx.execute(&tx.prepare(UPSERT_SQL).await?, &columns.params())
+            tx.execute(&prepared.versions, &columns.params()).await?;
+            tx.query_one(&prepared.derive, &[&columns.bucket, &columns.key])
                 .await?;
-            tx.query_one(
-                &tx.prepare(DERIVE_SQL).await?,
-                &[&columns.bucket, &columns.key],
-            )
-            .await?;
         }
         Statement::Plain => {
             let columns = Columns::new(rows);
-            tx.execute(prepared, &columns.params()[..12]).await?;
+            tx.execute(&prepared.plain, &columns.params()[..12]).await?;
         }
     }
     tx.commit().await?;

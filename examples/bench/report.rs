@@ -29,6 +29,8 @@ const TARGET_P99_MS_AT_2K: f64 = 250.0;
 const TARGET_SCALE_OUT: f64 = 1.6;
 /// A replay changes nothing, so it should run at least this much faster than the fresh catch-up.
 const TARGET_REPLAY_FACTOR: f64 = 2.0;
+/// Keeping the history (the default) may cost at most this share of the rate without it.
+const TARGET_HISTORY_RATE_SHARE: f64 = 0.70;
 /// The flood's peak RSS should be "near 64 MiB": counted as met up to a quarter above it.
 pub const TARGET_FLOOD_RSS_MIB: f64 = 64.0;
 pub const FLOOD_RSS_TOLERANCE: f64 = 1.25;
@@ -281,10 +283,15 @@ fn render_catchup(out: &mut String, results: &Value) {
     render_table_stats(out, results);
 }
 
+/// Catch-up `with`'s rate over `without`'s: the same topic, one replica each.
+fn rate_over(results: &Value, with: &str, without: &str) -> Option<f64> {
+    let rate = |label| catchup(results, label).and_then(|c| num(&c["events_per_s"]));
+    rate(with).zip(rate(without)).map(|(w, o)| w / o)
+}
+
 /// The replay's rate over the fresh catch-up's, both into the same table from the same topic.
 fn replay_over_fresh(results: &Value) -> Option<f64> {
-    let rate = |label| catchup(results, label).and_then(|c| num(&c["events_per_s"]));
-    rate("replay").zip(rate("distinct")).map(|(r, f)| r / f)
+    rate_over(results, "replay", "distinct")
 }
 
 fn render_table_stats(out: &mut String, results: &Value) {
@@ -393,9 +400,15 @@ fn render_verdicts(
     let backfill_share = backfill::share_of_heads(&results["backfill"]);
     let backfill_rss = backfill::peak_rss_mib(&results["backfill"]);
     let enrich_share = enrich::share_of_heads(&results["enrich"]);
+    let history = rate_over(results, "distinct", "distinct-no-history");
+    let versioned_history = rate_over(results, "versioned", "versioned-no-history");
+    let versioned_of_ceiling = catchup(results, "versioned")
+        .and_then(|v| num(&v["events_per_s"]))
+        .zip(ceiling_rate)
+        .map(|(v, c)| v / c);
     let _ = writeln!(
         out,
-        "\nRatios and targets (issue 5; backfill: issue 10; enrichment)"
+        "\nRatios and targets (issue 5; backfill: issue 10; enrichment; history: issue 12)"
     );
     let mut line = |name: &str, figure: String, target: String, met: Option<bool>| {
         let _ = writeln!(
@@ -490,6 +503,24 @@ fn render_verdicts(
             format!(">= {:.0} %", enrich::TARGET_SHARE_OF_HEADS * 100.0),
             enrich_share.map(|r| r >= enrich::TARGET_SHARE_OF_HEADS),
         ),
+        line(
+            "catch-up with history / without (distinct)",
+            fmt(history.map(|r| r * 100.0), 1) + " %",
+            format!(">= {:.0} %", TARGET_HISTORY_RATE_SHARE * 100.0),
+            history.map(|r| r >= TARGET_HISTORY_RATE_SHARE),
+        ),
+        line(
+            "  the same, versioned bucket (mix)",
+            fmt(versioned_history.map(|r| r * 100.0), 1) + " %",
+            format!(">= {:.0} %", TARGET_HISTORY_RATE_SHARE * 100.0),
+            versioned_history.map(|r| r >= TARGET_HISTORY_RATE_SHARE),
+        ),
+        line(
+            "  versioned catch-up / ceiling (fresh inserts)",
+            fmt(versioned_of_ceiling.map(|r| r * 100.0), 1) + " %",
+            "(information)".into(),
+            None,
+        ),
     ];
     let _ = writeln!(
         out,
@@ -513,6 +544,9 @@ fn render_verdicts(
         "backfill_over_heads": backfill_share,
         "backfill_peak_rss_mib": backfill_rss,
         "enrich_over_heads": enrich_share,
+        "history_over_no_history": history,
+        "versioned_history_over_no_history": versioned_history,
+        "versioned_over_ceiling": versioned_of_ceiling,
         "machine_saturated_in_scale_out": saturated,
         "targets": verdicts,
     })

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS object_versions (
 
 ALTER TABLE object_versions
     ADD COLUMN IF NOT EXISTS delete_marker boolean GENERATED ALWAYS AS (
-        deleted_at IS NOT NULL AND event_name LIKE '%DeleteMarkerCreated'
+        deleted_at IS NOT NULL AND event_name LIKE '%DeleteMarker%'
     ) STORED,
     ADD COLUMN IF NOT EXISTS gone boolean GENERATED ALWAYS AS (
         version_deleted_sequencer IS NOT NULL AND (
@@ -307,6 +307,22 @@ BEGIN
     ON CONFLICT DO NOTHING;
 END
 $$;
+
+-- Every change beside the one before it of the same object (NULL for the
+-- first), for "what changed" questions. A filter on the change's columns
+-- (event_time, bucket, key) applies before the previous change is looked up
+-- (one index probe each, on the primary key).
+CREATE OR REPLACE VIEW object_changes AS
+    SELECT h.bucket, h.key, h.version_id, h.event_name, h.sequencer, h.event_time, h.removal,
+           h.user_metadata, h.system_metadata, h.size, h.etag,
+           p.event_name AS previous_event_name, p.event_time AS previous_event_time,
+           p.user_metadata AS previous_user_metadata,
+           p.system_metadata AS previous_system_metadata
+    FROM object_history h
+    LEFT JOIN LATERAL (
+        SELECT event_name, event_time, user_metadata, system_metadata FROM object_history p
+        WHERE p.bucket = h.bucket AND p.key = h.key AND p.sequencer < h.sequencer
+        ORDER BY p.sequencer DESC LIMIT 1) p ON true;
 
 -- What the retention purge (purge.rs) looks for: tombstones by when they last
 -- changed, permanently deleted versions by when they were deleted.

@@ -248,6 +248,22 @@ async fn the_history_of_one_object_is_one_row_per_change_whatever_the_batches() 
         .expect("as-of query")
         .get(0);
     assert_eq!(as_of, "1843");
+    // The change of id, as object_changes shows it.
+    let changed: Vec<(String, String)> = apart
+        .db()
+        .await
+        .query(
+            "SELECT previous_user_metadata->>'id', user_metadata->>'id' FROM object_changes
+             WHERE bucket = 'photos' AND key = 'cat.jpg' AND previous_event_name IS NOT NULL
+               AND (user_metadata->>'id') IS DISTINCT FROM (previous_user_metadata->>'id')",
+            &[],
+        )
+        .await
+        .expect("object_changes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(changed, vec![("1843".to_string(), "1844".to_string())]);
 
     // A new consumer group reads the whole topic again into the same schema.
     let mut replay = apart.clone();
@@ -426,4 +442,130 @@ async fn purges_remove_what_is_past_retention_and_no_current_row() {
         .expect("purge counter");
     assert!(purged >= 5.0, "{purged}");
     objmeta.stop().await.expect("objmeta stops");
+}
+
+/// A backfill of a versioned bucket (a real versitygw keeping versions) writes every version
+/// and delete marker: the current rows are the bucket's, and a later permanent delete of the
+/// current version, published as MinIO would, reveals the previous version's metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_a_versioned_bucket_writes_every_version() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let server = common::bucket::PrivateS3::versioning();
+    let client = common::bucket::admin_at(&server.endpoint(), None);
+    let bucket = common::bucket::Bucket::create_with("versioned", client.clone()).await;
+    client
+        .put_bucket_versioning()
+        .bucket(&bucket.name)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("enable versioning");
+    let put = |key: &'static str, id: &'static str| {
+        let client = client.clone();
+        let name = bucket.name.clone();
+        async move {
+            client
+                .put_object()
+                .bucket(name)
+                .key(key)
+                .metadata("id", id)
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"data"))
+                .send()
+                .await
+                .expect("put")
+                .version_id()
+                .expect("a version id")
+                .to_string()
+        }
+    };
+    let v1 = put("doc", "1").await;
+    let v2 = put("doc", "2").await;
+    put("gone", "3").await;
+    client
+        .delete_object()
+        .bucket(&bucket.name)
+        .key("gone")
+        .send()
+        .await
+        .expect("delete marker");
+
+    let bed = TestBed::new("versioned_backfill", 1).await;
+    let config = bed.listing_config("backfill", &server.endpoint(), &bucket.name, &[]);
+    let summary = common::run_listing(objmeta::listing::Kind::Backfill, &config).await;
+    assert!(summary.succeeded(), "{summary:?}");
+    assert_eq!(
+        summary.versions, 3,
+        "v1 of doc, gone's version and its marker: {summary:?}"
+    );
+    let db = bed.db().await;
+    let rows: Vec<(String, String, bool, Value)> = db
+        .query(
+            "SELECT key, version_id, delete_marker, user_metadata FROM object_versions
+             WHERE bucket = $1 ORDER BY key, sequencer, version_id",
+            &[&bucket.name],
+        )
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let docs: Vec<&(String, String, bool, Value)> = rows.iter().filter(|r| r.0 == "doc").collect();
+    assert_eq!(docs.len(), 2, "{rows:?}");
+    assert!(
+        docs.iter().any(|r| r.1 == v1 && r.3 == json!({"id": "1"})),
+        "{rows:?}"
+    );
+    assert!(
+        docs.iter().any(|r| r.1 == v2 && r.3 == json!({"id": "2"})),
+        "{rows:?}"
+    );
+    let gone: Vec<&(String, String, bool, Value)> = rows.iter().filter(|r| r.0 == "gone").collect();
+    assert_eq!(
+        gone.iter().filter(|r| r.2).count(),
+        1,
+        "one delete marker: {rows:?}"
+    );
+    let live: Vec<(String, Option<String>, Value)> = db
+        .query(
+            "SELECT key, version_id, user_metadata FROM current_objects WHERE bucket = $1",
+            &[&bucket.name],
+        )
+        .await
+        .expect("current")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        live,
+        vec![("doc".to_string(), Some(v2.clone()), json!({"id": "2"}))]
+    );
+
+    // The current version is deleted for good: the event reveals v1, which only the versions
+    // pass made known.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+    let event = minio_message(
+        "s3:ObjectRemoved:Delete",
+        &bucket.name,
+        "doc",
+        now,
+        Some(&v2),
+        &[],
+    );
+    let objmeta = bed.start(&[]);
+    bed.publish(&[event]).await;
+    bed.wait_committed(1, Duration::from_secs(60)).await;
+    objmeta.stop().await.expect("objmeta stops");
+    let revealed: Value = db
+        .query_one(
+            "SELECT user_metadata FROM current_objects WHERE bucket = $1 AND key = 'doc'",
+            &[&bucket.name],
+        )
+        .await
+        .expect("doc is current")
+        .get(0);
+    assert_eq!(revealed, json!({"id": "1"}));
 }

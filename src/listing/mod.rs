@@ -19,6 +19,7 @@
 mod progress;
 pub mod schedule;
 pub mod store;
+pub mod versions;
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -183,6 +184,8 @@ pub struct Summary {
     pub removed: u64,
     /// Reads repeated (in this run) to settle a same-second tie with an event.
     pub rereads: u64,
+    /// Older versions and delete markers a backfill of a versioned bucket wrote.
+    pub versions: u64,
     /// Requests retried (in this run) after throttling or a connection error.
     pub retries: u64,
     pub seconds: f64,
@@ -291,6 +294,9 @@ async fn list(
         bar.finish(&summary);
         ended?;
         if listing.complete {
+            if target.kind == Kind::Backfill {
+                versions::backfill(s3, store, target, settings, &mut summary).await?;
+            }
             finish(store, target, &checkpoint, &mut summary).await?;
         }
         Ok::<(), ListingError>(())

@@ -305,6 +305,18 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// Writes changes read from the bucket (one per object version, in object order) as
+    /// version rows, in one transaction.
+    pub async fn write_changes(&self, changes: &[Change]) -> Result<(), SinkError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(SinkError::postgres("begin"))?;
+        write_rows(&tx, changes, self.history).await?;
+        tx.commit().await.map_err(SinkError::postgres("commit"))
+    }
+
     /// Removes the rows of objects the finished listing did not find;
     /// returns how many.
     pub async fn sweep(

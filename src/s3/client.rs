@@ -11,15 +11,19 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, ConfigBag, Intercept, Region, RuntimeComponents};
 use aws_sdk_s3::error::SdkError;
-use aws_sdk_s3::operation::head_object::HeadObjectOutput;
+use aws_sdk_s3::operation::head_object::{HeadObjectError, HeadObjectOutput};
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
+use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::EncodingType;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use super::{listing, ListPage, ObjectRead, S3Config, S3Error, S3Request};
-use crate::event::{split_entries, unquote_etag, NulInMetadata};
+use super::{
+    listing, ListPage, ListedVersion, ObjectRead, S3Config, S3Error, S3Request, VersionsPage,
+};
+use crate::event::{query_unescape, split_entries, unquote_etag, NulInMetadata};
 
 /// The most keys one ListObjectsV2 page holds (the S3 limit, and its default).
 const MAX_KEYS: i32 = 1000;
@@ -124,6 +128,70 @@ impl S3 {
         listing::parse(body).map_err(|detail| S3Error::InvalidResponse { request, detail })
     }
 
+    /// Whether the bucket keeps versions: its versioning is `Enabled`, or `Suspended` (the
+    /// versions made while it was enabled are still there).
+    pub async fn versioned(&self, bucket: &str) -> Result<bool, S3Error> {
+        let request = S3Request::Versioning {
+            bucket: bucket.to_string(),
+        };
+        let output = self
+            .client
+            .get_bucket_versioning()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| S3Error::from_sdk(request, e))?;
+        Ok(output.status().is_some())
+    }
+
+    /// One page of ListObjectVersions after `marker` (key and version id markers): every
+    /// version and delete marker, keys decoded when the response says they are encoded.
+    pub async fn list_versions_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        marker: Option<&(String, String)>,
+    ) -> Result<VersionsPage, S3Error> {
+        let request = S3Request::ListVersions {
+            bucket: bucket.to_string(),
+        };
+        let output = self
+            .client
+            .list_object_versions()
+            .bucket(bucket)
+            .set_prefix((!prefix.is_empty()).then(|| prefix.to_string()))
+            .set_key_marker(marker.map(|(key, _)| key.clone()))
+            .set_version_id_marker(marker.map(|(_, version)| version.clone()))
+            .max_keys(self.max_keys)
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .map_err(|e| S3Error::from_sdk(request.clone(), e))?;
+        versions_page(&output).map_err(|detail| S3Error::InvalidResponse { request, detail })
+    }
+
+    /// HeadObject of one version: its state, or `Ok(None)` when it is gone (404).
+    pub async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectRead>, S3Error> {
+        let request = S3Request::Head {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        };
+        let output = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .version_id(version_id)
+            .send()
+            .await;
+        head_answer(request, output)
+    }
+
     /// HeadObject: the object's current state, or `Ok(None)` when it does not exist (404).
     ///
     /// A HEAD of a bucket that does not exist is a 404 too, and a HEAD response has no body
@@ -141,14 +209,71 @@ impl S3 {
             .key(key)
             .send()
             .await;
-        match output {
-            Ok(head) => object_read(&head)
-                .map(Some)
-                .map_err(|detail| S3Error::InvalidResponse { request, detail }),
-            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
-            Err(e) => Err(S3Error::from_sdk(request, e)),
-        }
+        head_answer(request, output)
     }
+}
+
+/// A HEAD's answer: the state, `None` for a 404, or the error.
+fn head_answer(
+    request: S3Request,
+    output: Result<HeadObjectOutput, SdkError<HeadObjectError>>,
+) -> Result<Option<ObjectRead>, S3Error> {
+    match output {
+        Ok(head) => object_read(&head)
+            .map(Some)
+            .map_err(|detail| S3Error::InvalidResponse { request, detail }),
+        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+        Err(e) => Err(S3Error::from_sdk(request, e)),
+    }
+}
+
+/// A ListObjectVersions answer as objmeta reads it.
+fn versions_page(output: &ListObjectVersionsOutput) -> Result<VersionsPage, String> {
+    let url_encoded = output
+        .encoding_type()
+        .is_some_and(|encoding| *encoding == EncodingType::Url);
+    let decode = |key: Option<&str>| -> Result<String, String> {
+        let key = key.ok_or("a version without <Key>")?;
+        match url_encoded {
+            true => query_unescape(key).map_err(|e| format!("key {key:?}: {e}")),
+            false => Ok(key.to_string()),
+        }
+    };
+    let time = |at: Option<&DateTime>| -> Result<OffsetDateTime, String> {
+        let at = at.ok_or("a version without <LastModified>")?;
+        OffsetDateTime::from_unix_timestamp_nanos(at.as_nanos())
+            .map_err(|e| format!("<LastModified> {at}: {e}"))
+    };
+    let mut versions = Vec::new();
+    for version in output.versions() {
+        versions.push(ListedVersion {
+            key: decode(version.key())?,
+            version_id: version.version_id().unwrap_or("null").to_string(),
+            latest: version.is_latest().unwrap_or(false),
+            delete_marker: false,
+            last_modified: time(version.last_modified())?,
+        });
+    }
+    for marker in output.delete_markers() {
+        versions.push(ListedVersion {
+            key: decode(marker.key())?,
+            version_id: marker.version_id().unwrap_or("null").to_string(),
+            latest: marker.is_latest().unwrap_or(false),
+            delete_marker: true,
+            last_modified: time(marker.last_modified())?,
+        });
+    }
+    let next = match output.is_truncated() {
+        Some(true) => Some((
+            decode(output.next_key_marker())?,
+            output
+                .next_version_id_marker()
+                .ok_or("<IsTruncated> is true but <NextVersionIdMarker> is missing")?
+                .to_string(),
+        )),
+        _ => None,
+    };
+    Ok(VersionsPage { versions, next })
 }
 
 /// The trust store for HTTPS: the system's roots, or exactly the CA certificates of

@@ -18,12 +18,19 @@ pub enum S3Request {
     List { bucket: String },
     /// HeadObject.
     Head { bucket: String, key: String },
+    /// GetBucketVersioning.
+    Versioning { bucket: String },
+    /// ListObjectVersions.
+    ListVersions { bucket: String },
 }
 
 impl S3Request {
     pub fn bucket(&self) -> &str {
         match self {
-            Self::List { bucket } | Self::Head { bucket, .. } => bucket,
+            Self::List { bucket }
+            | Self::Head { bucket, .. }
+            | Self::Versioning { bucket }
+            | Self::ListVersions { bucket } => bucket,
         }
     }
 
@@ -31,7 +38,10 @@ impl S3Request {
     pub fn permission(&self) -> &'static str {
         match self {
             Self::List { .. } => "s3:ListBucket",
+            // A HEAD of one version needs s3:GetObjectVersion; of the current one, s3:GetObject.
             Self::Head { .. } => "s3:GetObject",
+            Self::Versioning { .. } => "s3:GetBucketVersioning",
+            Self::ListVersions { .. } => "s3:ListBucketVersions",
         }
     }
 }
@@ -41,6 +51,8 @@ impl fmt::Display for S3Request {
         match self {
             Self::List { bucket } => write!(f, "listing bucket {bucket:?}"),
             Self::Head { bucket, key } => write!(f, "HEAD of {key:?} in bucket {bucket:?}"),
+            Self::Versioning { bucket } => write!(f, "reading the versioning of bucket {bucket:?}"),
+            Self::ListVersions { bucket } => write!(f, "listing the versions in bucket {bucket:?}"),
         }
     }
 }

@@ -35,6 +35,26 @@ pub struct ListPage {
     pub metadata_supported: bool,
 }
 
+/// One ListObjectVersions page, in the server's order (key, then newest version first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionsPage {
+    pub versions: Vec<ListedVersion>,
+    /// The key and version id markers of the next page; `None` on the last page.
+    pub next: Option<(String, String)>,
+}
+
+/// One version, or delete marker, of a versions listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListedVersion {
+    /// Decoded, as in [`Listed`].
+    pub key: String,
+    pub version_id: String,
+    /// The current version of its key.
+    pub latest: bool,
+    pub delete_marker: bool,
+    pub last_modified: OffsetDateTime,
+}
+
 /// One object of a listing page.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listed {
@@ -70,9 +90,7 @@ impl ObjectRead {
     /// milliseconds (MinIO's does), HeadObject never does; one unit for every read keeps
     /// reads of one state equal.
     pub fn sequencer(&self) -> i64 {
-        self.last_modified
-            .unix_timestamp()
-            .saturating_mul(1_000_000_000)
+        whole_seconds_ns(self.last_modified)
     }
 
     /// The object's state as a row holds it.
@@ -86,6 +104,11 @@ impl ObjectRead {
             system_metadata: self.system_metadata,
         }
     }
+}
+
+/// A Last-Modified time as the sequencer of a read: its whole seconds (what S3 reports), in ns.
+pub fn whole_seconds_ns(time: OffsetDateTime) -> i64 {
+    time.unix_timestamp().saturating_mul(1_000_000_000)
 }
 
 #[cfg(test)]

@@ -238,6 +238,8 @@ pub struct PrivateS3 {
     tls: Option<(PathBuf, PathBuf)>,
     /// More arguments of `versitygw` (before the backend), e.g. its Kafka events.
     extra: Vec<String>,
+    /// Keeps object versions (the posix backend's `--versioning-dir`).
+    versioning: bool,
     child: Option<Child>,
 }
 
@@ -253,6 +255,22 @@ impl PrivateS3 {
             port: free_port(),
             tls,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            versioning: false,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// A server whose buckets can keep versions (PutBucketVersioning).
+    pub fn versioning() -> PrivateS3 {
+        super::s3();
+        let mut server = PrivateS3 {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            tls: None,
+            extra: Vec::new(),
+            versioning: true,
             child: None,
         };
         server.resume();
@@ -285,8 +303,13 @@ impl PrivateS3 {
         }
         command.args(&self.extra);
         let log = std::fs::File::create(self.dir.path().join("versitygw.log")).unwrap();
+        command.arg("posix");
+        if self.versioning {
+            let versions = self.dir.path().join("versions");
+            std::fs::create_dir_all(&versions).unwrap();
+            command.arg("--versioning-dir").arg(versions);
+        }
         command
-            .arg("posix")
             .arg(&data)
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -85,16 +85,19 @@ impl std::ops::AddAssign for WriteReport {
 /// only partly understands: see [`crate::tls::TlsSettings`].
 pub fn connect(config: &DatabaseConfig) -> Result<Pool, SinkError> {
     let statement = config.database_statement_timeout.as_millis();
-    // `objmeta.derives`: this version derives object_metadata from object_versions, so its
-    // writes are not mirrored like those of earlier replicas (sql/0005).
     let options = format!(
         "-c search_path={} -c statement_timeout={statement} -c lock_timeout={} \
-         -c idle_in_transaction_session_timeout={statement} -c objmeta.derives=on",
+         -c idle_in_transaction_session_timeout={statement} {DERIVES}",
         config.database_schema,
         config.database_lock_timeout.as_millis(),
     );
     build_pool(config, options)
 }
+
+/// The connection option of this version's writers: it derives object_metadata from
+/// object_versions, so its writes are not mirrored like those of replicas of the previous
+/// schema (sql/0005's trigger).
+pub const DERIVES: &str = "-c objmeta.derives=on";
 
 /// Builds a pool for the migrations: the same connection settings without
 /// the statement and lock timeouts, since a migration may rightly run long

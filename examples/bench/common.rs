@@ -69,10 +69,16 @@ pub fn check_identifier(name: &str) -> anyhow::Result<&str> {
     Ok(name)
 }
 
-/// A connection whose search_path is `schema`.
+/// A connection whose search_path is `schema`. It says what objmeta's own connections say
+/// (`sink::DERIVES`), so that what it writes to object_metadata is not mirrored into the
+/// version tables (sql/0005's trigger is for replicas of the previous schema).
 pub async fn connect(url: &str, schema: &str) -> anyhow::Result<Client> {
     let mut config: tokio_postgres::Config = url.parse().context("parsing DATABASE_URL")?;
-    config.options(format!("-c search_path={}", check_identifier(schema)?));
+    config.options(format!(
+        "-c search_path={} {}",
+        check_identifier(schema)?,
+        objmeta::sink::DERIVES
+    ));
     config.application_name("objmeta-bench");
     config.connect_timeout(Duration::from_secs(10));
     let (client, connection) = config

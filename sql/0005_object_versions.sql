@@ -365,9 +365,11 @@ ON CONFLICT DO NOTHING;
 -- Replicas of the previous objmeta keep writing object_metadata by its own
 -- merge while a rolling upgrade runs, and know nothing of versions. Their
 -- writes are mirrored into object_versions (the row's state, and its
--- deletes of versions) and object_history, so that the rows this version
--- derives include them. This version's own connections say
--- `objmeta.derives = on` (sink::connect) and are not mirrored.
+-- deletes of versions) and object_history, and the row is derived again
+-- (a delete of the current version they tombstone reveals the previous
+-- one), so that the rows this version derives include them. This
+-- version's own connections say `objmeta.derives = on` (sink::connect)
+-- and are not mirrored, nor is the derive's own write (trigger depth 1).
 CREATE OR REPLACE FUNCTION objmeta_mirror_earlier_writer() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -402,6 +404,7 @@ BEGIN
             ARRAY[(deleted.entry->>'sequencer')::int8],
             ARRAY[(deleted.entry->>'partition')::int4], ARRAY[(deleted.entry->>'offset')::int8]);
     END LOOP;
+    PERFORM count(*) FROM objmeta_derive(ARRAY[NEW.bucket], ARRAY[NEW.key]);
     RETURN NULL;
 END
 $$;
@@ -410,5 +413,6 @@ DROP TRIGGER IF EXISTS objmeta_mirror_earlier_writer ON object_metadata;
 CREATE TRIGGER objmeta_mirror_earlier_writer
     AFTER INSERT OR UPDATE ON object_metadata
     FOR EACH ROW
-    WHEN (current_setting('objmeta.derives', true) IS DISTINCT FROM 'on')
+    WHEN (pg_trigger_depth() = 0
+          AND current_setting('objmeta.derives', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION objmeta_mirror_earlier_writer();

@@ -5,9 +5,11 @@
 //! row-count gauges of the tables.
 //!
 //! What goes, and why it cannot change a current row:
-//! - an object that is not live, unchanged for `--tombstone-retention`: its row and all its
-//!   versions (an older event still in the topic could otherwise revive it: the retention
-//!   must exceed the topic's retention plus the worst consumer lag);
+//! - an object that is not live, unchanged for `--tombstone-retention`, none of whose
+//!   versions exists any more: its row and all its versions (an older event still in the
+//!   topic could otherwise revive it: the retention must exceed the topic's retention plus
+//!   the worst consumer lag). An object under a delete marker keeps its older versions: S3
+//!   serves them again once the marker is deleted;
 //! - a permanently deleted version of a live object, deleted longer ago than the same
 //!   retention (a live object's row is one of its versions that is not gone);
 //! - history rows whose event is older than `--history-retention`.
@@ -38,17 +40,23 @@ struct Purge {
     sql: &'static str,
 }
 
-/// Objects not live and unchanged for the retention, with their versions. `SKIP LOCKED`:
-/// a row a consumer is writing is left for the next round.
+/// Objects not live and unchanged for the retention, with their versions, when none of
+/// their versions still exists: an object under a delete marker keeps its older versions,
+/// which S3 serves again once the marker is deleted. `SKIP LOCKED`: a row a consumer is
+/// writing is left for the next round.
 const TOMBSTONES: Purge = Purge {
     table: "object_metadata",
     sql: r#"
 WITH doomed AS (
-    SELECT bucket, key FROM object_metadata
-    WHERE NOT live AND updated_at < now() - make_interval(secs => $1)
-    ORDER BY updated_at
+    SELECT m.bucket, m.key FROM object_metadata m
+    WHERE NOT m.live AND m.updated_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (
+          SELECT 1 FROM object_versions v
+          WHERE v.bucket = m.bucket AND v.key = m.key
+            AND v.sequencer IS NOT NULL AND v.deleted_at IS NULL AND NOT v.gone)
+    ORDER BY m.updated_at
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF m SKIP LOCKED
 ), versions AS (
     DELETE FROM object_versions v USING doomed d
     WHERE v.bucket = d.bucket AND v.key = d.key

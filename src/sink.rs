@@ -326,7 +326,7 @@ impl Sink {
                 Step::Fail => return Err(error),
                 Step::Refuse => {
                     tracing::warn!(error = %error, "dead-lettering a row the database does not take");
-                    refused.push(refused_row(batch, range.start, &error));
+                    refused.extend(refused_row(batch, range.start, &error));
                     let change = &batch.changes[range.start];
                     refused_versions.insert((&change.object, version_key(change)));
                 }
@@ -717,19 +717,20 @@ pub(crate) fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A change the database refused, as a dead letter. The original payload
-/// is not kept in memory for every message, so the dead letter carries the
-/// parsed change as JSON: everything the row would have held. Its key is
-/// the change's record, so that two refused records of one message are
-/// both kept.
-fn refused_row(batch: &WriteBatch, index: usize, error: &SinkError) -> DeadLetter {
+/// The changes of a row the database refused, as dead letters: its change, and the
+/// permanent delete beside it (from another message, which is not written either). The
+/// original payload is not kept in memory for every message, so a dead letter carries the
+/// parsed change as JSON: everything the row would have held. Its key is the change's
+/// record, so that two refused records of one message are both kept.
+fn refused_row(batch: &WriteBatch, index: usize, error: &SinkError) -> Vec<DeadLetter> {
     let reason = format!("database refused the row: {}", database_reason(error));
-    change_dead_letter(
-        &batch.changes[index],
-        batch.origins[index],
-        "database_rejected",
-        reason,
-    )
+    let delete = batch.deletes[index].as_ref();
+    std::iter::once((&batch.changes[index], batch.origins[index]))
+        .chain(delete.map(|(change, origin)| (change, *origin)))
+        .map(|(change, origin)| {
+            change_dead_letter(change, origin, "database_rejected", reason.clone())
+        })
+        .collect()
 }
 
 /// A change that cannot be written, as a dead letter keyed by its record and carrying the

@@ -116,6 +116,42 @@ async fn the_metric_counts_only_rows_actually_inserted() {
     assert_eq!(counted, Some(1.0), "only offset 1 was inserted");
 }
 
+/// A refused row can hold two changes of other messages: a version's put and its permanent
+/// delete. Both are dead-lettered; the delete was lost before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_version_row_dead_letters_its_delete_too() {
+    let bed = TestBed::new("dl_version_row", 1).await;
+    let key = Alphanumeric.sample_string(&mut rand::rng(), 9000);
+    let put = minio_message("s3:ObjectCreated:Put", "dl", &key, T0, Some("v2"), &[]);
+    let delete = minio_message(
+        "s3:ObjectRemoved:Delete",
+        "dl",
+        &key,
+        T0 + 1,
+        Some("v2"),
+        &[],
+    );
+    bed.publish(&[put, delete]).await;
+    let service = bed.start(&[]);
+    bed.wait_committed(2, Duration::from_secs(60)).await;
+    service.stop().await.unwrap();
+    let dead: Vec<(i64, String)> = rows(&bed)
+        .await
+        .into_iter()
+        .map(|(offset, _, payload, _)| {
+            let change: Value = serde_json::from_slice(payload.as_deref().unwrap()).unwrap();
+            (offset, change["eventName"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        dead,
+        vec![
+            (0, "s3:ObjectCreated:Put".to_string()),
+            (1, "s3:ObjectRemoved:Delete".to_string())
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_the_database_refuses_is_stored_stripped_down() {
     let bed = TestBed::new("dl_refused", 1).await;

@@ -16,6 +16,8 @@ use common::{differences, minio_message, oracle, repo_root, Binary, TestBed};
 
 const T0: u64 = 1_764_000_000_000_000_000;
 const OBJECTS: u64 = 120;
+/// Objects of a versioned bucket among them.
+const VERSIONED: u64 = 24;
 
 /// The previous version's binary: `OBJMETA_PREVIOUS_BIN`, or built by the script.
 fn previous_binary() -> PathBuf {
@@ -43,6 +45,20 @@ fn put(i: u64, at: u64, id: &str) -> (String, Vec<u8>) {
         None,
         &[("X-Amz-Meta-Id", id)],
     )
+}
+
+/// A change of versioned object `i` (its own keys): a put of `version`, or its permanent delete.
+fn versioned(i: u64, at: u64, version: &str, put: bool) -> (String, Vec<u8>) {
+    let key = format!("ver-{i:03}");
+    let name = match put {
+        true => "s3:ObjectCreated:Put",
+        false => "s3:ObjectRemoved:Delete",
+    };
+    let metadata: &[(&str, &str)] = match put {
+        true => &[("X-Amz-Meta-Id", version)],
+        false => &[],
+    };
+    minio_message(name, "up", &key, T0 + at, Some(version), metadata)
 }
 
 fn delete(i: u64, at: u64) -> (String, Vec<u8>) {
@@ -78,7 +94,8 @@ async fn an_old_and_a_new_replica_side_by_side_keep_the_rows_right() {
 
     // 1. The previous version alone (schema 4).
     let old = bed.spawn_program(&previous, &[], &[]);
-    let first: Vec<_> = (0..OBJECTS).map(|i| put(i, i, "1")).collect();
+    let mut first: Vec<_> = (0..OBJECTS).map(|i| put(i, i, "1")).collect();
+    first.extend((0..VERSIONED).map(|i| versioned(i, i, "v1", true)));
     bed.publish(&first).await;
     sent.extend(first);
     bed.wait_committed(sent.len() as i64, Duration::from_secs(120))
@@ -98,7 +115,7 @@ async fn an_old_and_a_new_replica_side_by_side_keep_the_rows_right() {
     .await;
     assert_eq!(
         count(&bed, "SELECT count(*) FROM object_versions").await,
-        OBJECTS as i64,
+        (OBJECTS + VERSIONED) as i64,
         "the versions are filled from the current rows"
     );
     // Overwrites, deletes and new objects, while both replicas own partitions.
@@ -119,6 +136,10 @@ async fn an_old_and_a_new_replica_side_by_side_keep_the_rows_right() {
     let mut second: Vec<_> = (0..OBJECTS).map(|i| put(i, 1_000 + i, "2")).collect();
     second.extend((0..OBJECTS).step_by(4).map(|i| delete(i, 2_000 + i)));
     second.extend((OBJECTS..OBJECTS + 40).map(|i| put(i, 1_000 + i, "2")));
+    // A new current version deleted for good: whichever replica handles it, the previous
+    // version is current again (an old replica tombstones the row; the mirror derives it).
+    second.extend((0..VERSIONED).map(|i| versioned(i, 1_000 + i, "v2", true)));
+    second.extend((0..VERSIONED).map(|i| versioned(i, 2_000 + i, "v2", false)));
     bed.publish(&second).await;
     sent.extend(second);
     bed.wait_committed(sent.len() as i64, Duration::from_secs(120))

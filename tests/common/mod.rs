@@ -748,13 +748,9 @@ pub fn oracle_of(changes: &[Positioned]) -> BTreeMap<ObjectId, RowState> {
         (change.sequencer, removal, position.0, position.1)
     }
     fn permanent_delete(change: &Change) -> bool {
-        matches!(
-            &change.action,
-            Action::Remove {
-                version_id: Some(_),
-                ..
-            }
-        ) && change.event_name == "s3:ObjectRemoved:Delete"
+        // Which events are permanent deletes is the event model's rule (`removal`), not this
+        // oracle's: Ceph's noncurrent expirations are some too.
+        objmeta::batch::deletes_one_version(change)
     }
     fn version(change: &Change) -> String {
         let id = match &change.action {

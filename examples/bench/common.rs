@@ -1,13 +1,15 @@
 //! Shared by the subcommands: database connections and schemas, objmeta's upsert statement
 //! and its column arrays, /proc readings.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::DeliveryFuture;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio_postgres::{Client, NoTls};
 
 use objmeta::config::DatabaseConfig;
@@ -43,8 +45,52 @@ pub async fn create_topic(
     Ok(())
 }
 
+/// Publishes with at most `in_flight` messages waiting for their delivery report, so that
+/// the producer's memory stays bounded; a refused or dropped message fails the run.
+pub struct Publisher {
+    producer: FutureProducer,
+    pending: VecDeque<DeliveryFuture>,
+    in_flight: usize,
+}
+
+impl Publisher {
+    pub fn new(producer: FutureProducer, in_flight: usize) -> Self {
+        Publisher {
+            producer,
+            pending: VecDeque::with_capacity(in_flight + 1),
+            in_flight: in_flight.max(1),
+        }
+    }
+
+    /// Queues `record`, first waiting for the oldest delivery when `in_flight` are pending.
+    pub async fn send<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> anyhow::Result<()>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .context("queueing a message")?;
+        self.pending.push_back(delivery);
+        if self.pending.len() >= self.in_flight {
+            settle(self.pending.pop_front()).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every pending delivery.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        while let Some(delivery) = self.pending.pop_front() {
+            settle(Some(delivery)).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Waits for one message's delivery report (none to wait for is fine).
-pub async fn settle(delivery: Option<DeliveryFuture>) -> anyhow::Result<()> {
+async fn settle(delivery: Option<DeliveryFuture>) -> anyhow::Result<()> {
     let Some(delivery) = delivery else {
         return Ok(());
     };

@@ -4,17 +4,16 @@
 //! `versionId` null and a hex counter as the sequencer. objmeta (`--enrich auto`) takes them
 //! for hints and reads every object with HeadObject before writing it.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::common::{self, settle};
+use crate::common::{self, Publisher};
 use crate::s3::object_key;
 
 #[derive(clap::Args)]
@@ -48,7 +47,7 @@ pub async fn produce(args: Args) -> anyhow::Result<Value> {
     let event_time = OffsetDateTime::now_utc()
         .replace_nanosecond(0)?
         .format(&Rfc3339)?;
-    let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT + 1);
+    let mut publisher = Publisher::new(producer, IN_FLIGHT);
     let (started, mut reported) = (Instant::now(), Instant::now());
     let mut bytes = 0u64;
     for index in 0..args.objects {
@@ -56,14 +55,9 @@ pub async fn produce(args: Args) -> anyhow::Result<Value> {
         let payload = serde_json::to_vec(&record(&args.bucket, &key, &event_time, index + 1))?;
         bytes += payload.len() as u64;
         let message_key = format!("{}/{key}", args.bucket);
-        let delivery = producer
-            .send_result(FutureRecord::to(topic).key(&message_key).payload(&payload))
-            .map_err(|(e, _)| e)
-            .context("queueing a message")?;
-        pending.push_back(delivery);
-        if pending.len() >= IN_FLIGHT {
-            settle(pending.pop_front()).await?;
-        }
+        publisher
+            .send(FutureRecord::to(topic).key(&message_key).payload(&payload))
+            .await?;
         if reported.elapsed() >= PROGRESS_EVERY {
             reported = Instant::now();
             eprintln!(
@@ -73,9 +67,7 @@ pub async fn produce(args: Args) -> anyhow::Result<Value> {
             );
         }
     }
-    while let Some(delivery) = pending.pop_front() {
-        settle(Some(delivery)).await?;
-    }
+    publisher.flush().await?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "[enrich-produce] {topic}: {} versitygw events ({} partitions) published in {seconds:.1} s",

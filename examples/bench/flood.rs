@@ -6,17 +6,16 @@
 //! producer (compression off) nor PostgreSQL's TOAST compression shrinks it much: the bytes
 //! objmeta holds are the bytes on the wire.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
 use objmeta::produce::{workload, WorkloadSpec};
 
-use crate::common::{self, settle};
+use crate::common::{self, Publisher};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -71,7 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     let mut events = workload(&spec);
     let mut filler = Filler::new(args.seed);
-    let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT + 1);
+    let mut publisher = Publisher::new(producer, IN_FLIGHT);
     let (started, mut reported) = (Instant::now(), Instant::now());
     let (mut invalid, mut bytes) = (0u64, 0u64);
     for (i, event) in events.by_ref().enumerate() {
@@ -87,23 +86,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         let record = FutureRecord::to(&args.kafka.topic)
             .key(&event.key)
             .payload(&payload);
-        let delivery = producer
-            .send_result(record)
-            .map_err(|(e, _)| e)
-            .context("queueing a message")?;
-        pending.push_back(delivery);
-        if pending.len() >= IN_FLIGHT {
-            settle(pending.pop_front()).await?;
-        }
+        publisher.send(record).await?;
         if reported.elapsed() >= PROGRESS_EVERY {
             reported = Instant::now();
             progress(i + 1, args.messages, bytes, started);
         }
     }
     events.finish()?;
-    while let Some(delivery) = pending.pop_front() {
-        settle(Some(delivery)).await?;
-    }
+    publisher.flush().await?;
     let seconds = started.elapsed().as_secs_f64();
     progress(args.messages, args.messages, bytes, started);
     Ok(json!({

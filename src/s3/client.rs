@@ -11,7 +11,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, ConfigBag, Intercept, Region, RuntimeComponents};
 use aws_sdk_s3::error::SdkError;
-use aws_sdk_s3::operation::head_object::{HeadObjectError, HeadObjectOutput};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::EncodingType;
@@ -177,19 +177,7 @@ impl S3 {
         key: &str,
         version_id: &str,
     ) -> Result<Option<ObjectRead>, S3Error> {
-        let request = S3Request::Head {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-        };
-        let output = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .version_id(version_id)
-            .send()
-            .await;
-        head_answer(request, output)
+        self.head_object(bucket, key, Some(version_id)).await
     }
 
     /// HeadObject: the object's current state, or `Ok(None)` when it does not exist (404).
@@ -198,6 +186,16 @@ impl S3 {
     /// to tell the two apart: a caller that removes rows on `None` should have listed the
     /// bucket first (a listing reports `NoSuchBucket`).
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectRead>, S3Error> {
+        self.head_object(bucket, key, None).await
+    }
+
+    /// HeadObject of `version_id`, or of the current version.
+    async fn head_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<ObjectRead>, S3Error> {
         let request = S3Request::Head {
             bucket: bucket.to_string(),
             key: key.to_string(),
@@ -207,23 +205,16 @@ impl S3 {
             .head_object()
             .bucket(bucket)
             .key(key)
+            .set_version_id(version_id.map(str::to_string))
             .send()
             .await;
-        head_answer(request, output)
-    }
-}
-
-/// A HEAD's answer: the state, `None` for a 404, or the error.
-fn head_answer(
-    request: S3Request,
-    output: Result<HeadObjectOutput, SdkError<HeadObjectError>>,
-) -> Result<Option<ObjectRead>, S3Error> {
-    match output {
-        Ok(head) => object_read(&head)
-            .map(Some)
-            .map_err(|detail| S3Error::InvalidResponse { request, detail }),
-        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
-        Err(e) => Err(S3Error::from_sdk(request, e)),
+        match output {
+            Ok(head) => object_read(&head)
+                .map(Some)
+                .map_err(|detail| S3Error::InvalidResponse { request, detail }),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(S3Error::from_sdk(request, e)),
+        }
     }
 }
 

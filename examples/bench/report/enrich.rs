@@ -43,6 +43,23 @@ fn per(sum: &Value, count: &Value) -> Option<f64> {
         .map(|(s, c)| s / c)
 }
 
+/// One row of the catch-up table: a run's figures, then `note`.
+fn catch_up_row(out: &mut String, label: &str, run: &Value, note: &str) {
+    let _ = writeln!(
+        out,
+        "  {:<44} {:>9} {:>8} {:>10} {:>9} {:>7}M {:>8} {:>8} {:>6}{note}",
+        label,
+        fmt_rate(num(&run["events_per_s"])),
+        fmt(num(&run["seconds"]), 1),
+        fmt_rate(num(&run["events_per_s_after_first_commit"])),
+        fmt(num(&run["cpu_seconds_per_10k"]), 3),
+        fmt(num(&run["peak_rss_kib"]).map(|k| k / 1024.0), 0),
+        fmt(num(&run["pg_cores"]), 2),
+        fmt(num(&run["kafka_cores"]), 2),
+        fmt(num(&run["machine_busy_percent"]), 0)
+    );
+}
+
 pub fn render(out: &mut String, enrich: &Value, minio_catchup: Option<&Value>) {
     if enrich.is_null() {
         return;
@@ -76,33 +93,14 @@ pub fn render(out: &mut String, enrich: &Value, minio_catchup: Option<&Value>) {
         "Kafka c.",
         "busy%"
     );
-    let _ = writeln!(
-        out,
-        "  {:<44} {:>9} {:>8} {:>10} {:>9} {:>7}M {:>8} {:>8} {:>6}",
-        "objmeta run --enrich auto (versitygw events)",
-        fmt_rate(num(&run["events_per_s"])),
-        fmt(num(&run["seconds"]), 1),
-        fmt_rate(num(&run["events_per_s_after_first_commit"])),
-        fmt(num(&run["cpu_seconds_per_10k"]), 3),
-        fmt(num(&run["peak_rss_kib"]).map(|k| k / 1024.0), 0),
-        fmt(num(&run["pg_cores"]), 2),
-        fmt(num(&run["kafka_cores"]), 2),
-        fmt(num(&run["machine_busy_percent"]), 0)
-    );
+    catch_up_row(out, "objmeta run --enrich auto (versitygw events)", run, "");
     if let Some(minio) = minio_catchup.filter(|m| m["error"].is_null()) {
-        let _ = writeln!(
+        let note = format!("   ({} events, no reads)", text(&minio["events"]));
+        catch_up_row(
             out,
-            "  {:<44} {:>9} {:>8} {:>10} {:>9} {:>7}M {:>8} {:>8} {:>6}   ({} events, no reads)",
             "objmeta run, MinIO events (catch-up distinct)",
-            fmt_rate(num(&minio["events_per_s"])),
-            fmt(num(&minio["seconds"]), 1),
-            fmt_rate(num(&minio["events_per_s_after_first_commit"])),
-            fmt(num(&minio["cpu_seconds_per_10k"]), 3),
-            fmt(num(&minio["peak_rss_kib"]).map(|k| k / 1024.0), 0),
-            fmt(num(&minio["pg_cores"]), 2),
-            fmt(num(&minio["kafka_cores"]), 2),
-            fmt(num(&minio["machine_busy_percent"]), 0),
-            text(&minio["events"])
+            minio,
+            &note,
         );
     }
     let rows = &enrich["rows"];

@@ -283,6 +283,28 @@ BEGIN
 END
 $$;
 
+-- A batch's write of version rows and of the rows derived from them, in one
+-- round trip: how many derived rows became live and how many not.
+CREATE OR REPLACE FUNCTION objmeta_write_versions(
+    in_bucket text[], in_key text[], in_version_id text[], in_size int8[], in_etag text[],
+    in_content_type text[], in_user_metadata text[], in_system_metadata text[],
+    in_event_name text[], in_event_time timestamptz[], in_sequencer int8[],
+    in_deleted_at timestamptz[], in_kafka_partition int4[], in_kafka_offset int8[],
+    in_read_at timestamptz[], in_deleted_by text[], in_deleted_time timestamptz[],
+    in_deleted_sequencer int8[], in_deleted_partition int4[], in_deleted_offset int8[])
+RETURNS TABLE (became_live bigint, became_not_live bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM objmeta_upsert_versions(
+        in_bucket, in_key, in_version_id, in_size, in_etag, in_content_type,
+        in_user_metadata, in_system_metadata, in_event_name, in_event_time, in_sequencer,
+        in_deleted_at, in_kafka_partition, in_kafka_offset, in_read_at, in_deleted_by,
+        in_deleted_time, in_deleted_sequencer, in_deleted_partition, in_deleted_offset);
+    RETURN QUERY
+        SELECT count(*) FILTER (WHERE d.live), count(*) FILTER (WHERE NOT d.live)
+        FROM objmeta_derive(in_bucket, in_key) AS d;
+END
+$$;
+
 -- Appends changes to object_history; one already there is left alone.
 CREATE OR REPLACE FUNCTION objmeta_record_history(
     in_bucket text[], in_key text[], in_version_id text[], in_event_name text[],

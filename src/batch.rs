@@ -114,7 +114,8 @@ struct VersionId {
 }
 
 /// One version's changes within a batch and its two registers (indexes
-/// into `changes`).
+/// into `changes`). `changes` holds every change when the history is kept,
+/// and only the registers' otherwise.
 #[derive(Debug, Default)]
 struct Reduced {
     changes: Vec<(Change, Origin)>,
@@ -125,9 +126,8 @@ struct Reduced {
 impl Reduced {
     /// Adds one change; on an equal key the later one wins (only records of
     /// one message share a key, and they always reach the same batch).
-    fn add(&mut self, change: Change, origin: Origin) {
+    fn add(&mut self, change: Change, origin: Origin, keep: bool) {
         let key = OrderKey::of(&change, origin);
-        let index = self.changes.len();
         let slot = match deletes_one_version(&change) {
             true => &mut self.delete,
             false => &mut self.state,
@@ -136,15 +136,22 @@ impl Reduced {
             let (old, o) = &self.changes[i];
             key >= OrderKey::of(old, *o)
         });
-        if newer {
-            *slot = Some(index);
+        match (*slot, newer, keep) {
+            // Without the history, a superseded register's change is of no more use.
+            (Some(i), true, false) => self.changes[i] = (change, origin),
+            (_, false, false) => {}
+            (_, newer, _) => {
+                if newer {
+                    *slot = Some(self.changes.len());
+                }
+                self.changes.push((change, origin));
+            }
         }
-        self.changes.push((change, origin));
     }
 
-    fn merge(&mut self, other: Reduced) {
+    fn merge(&mut self, other: Reduced, keep: bool) {
         for (change, origin) in other.changes {
-            self.add(change, origin);
+            self.add(change, origin, keep);
         }
     }
 
@@ -281,7 +288,11 @@ impl Batch {
                         object: change.object.clone(),
                         version: version_key(&change).to_string(),
                     };
-                    work.versions.entry(id).or_default().add(change, origin);
+                    let keep = self.history;
+                    work.versions
+                        .entry(id)
+                        .or_default()
+                        .add(change, origin, keep);
                 }
             }
             Contribution::DeadLetter(dead_letter) => work.dead_letters.push(dead_letter),
@@ -340,7 +351,10 @@ impl Batch {
                 merged = work.versions;
             } else {
                 for (version, reduced) in work.versions {
-                    merged.entry(version).or_default().merge(reduced);
+                    merged
+                        .entry(version)
+                        .or_default()
+                        .merge(reduced, self.history);
                 }
             }
         }

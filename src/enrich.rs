@@ -205,29 +205,25 @@ fn apply(batch: &mut WriteBatch, answers: HashMap<ObjectId, Answer>, at: OffsetD
 /// The change a read makes of a hint: the object's state as the store gave it, or a
 /// tombstone when the store has no such object (404), both versioned as reads at `at`.
 fn read_change(hint: &Change, read: Option<ObjectRead>, at: OffsetDateTime) -> Change {
-    let (event_time, sequencer, action) = match read {
-        Some(read) => (
-            read.last_modified,
-            read.sequencer(),
-            Action::Upsert(read.into_state()),
-        ),
-        None => (
-            at,
-            i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX),
-            Action::Remove {
+    let object = hint.object.clone();
+    let change = match read {
+        Some(read) => read.into_change(object, EVENT_NAME, at),
+        None => Change {
+            object,
+            event_name: EVENT_NAME.to_string(),
+            event_time: at,
+            sequencer: i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            action: Action::Remove {
                 version_id: None,
                 only_if_current_version: false,
             },
-        ),
+            record: 0,
+            basis: Basis::Read { at },
+        },
     };
     Change {
-        object: hint.object.clone(),
-        event_name: EVENT_NAME.to_string(),
-        event_time,
-        sequencer,
-        action,
         record: hint.record,
-        basis: Basis::Read { at },
+        ..change
     }
 }
 

@@ -24,19 +24,21 @@ use crate::tls::TlsSettings;
 /// Writes a batch of version rows (one per object version, reduced by
 /// batch.rs; an enriched one is a read of the bucket, with `read_at`), each
 /// merged into the stored one by sql/0005's `objmeta_upsert_versions`, the
-/// one place of that rule; that a merge which changes nothing writes nothing
-/// is what makes redelivered events cheap.
-pub const UPSERT_SQL: &str = "SELECT objmeta_upsert_versions(\
+/// one place of that rule, then derives their objects' rows
+/// (`objmeta_write_versions`, one round trip); that a merge which changes
+/// nothing writes nothing is what makes redelivered events cheap. Returns how
+/// many derived rows became live and how many not (rows that did not change
+/// are not written).
+pub const UPSERT_SQL: &str = "SELECT * FROM objmeta_write_versions(\
      $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], \
      $8::text[], $9::text[], $10::timestamptz[], $11::int8[], $12::timestamptz[], $13::int4[], \
      $14::int8[], $15::timestamptz[], $16::text[], $17::timestamptz[], $18::int8[], \
      $19::int4[], $20::int8[])";
 
 /// Derives the current rows of the given objects from their versions
-/// (sql/0005, `objmeta_derive`); counts the rows that became live and those
-/// that became not live (rows that did not change are not written).
-pub const DERIVE_SQL: &str =
-    "SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) \
+/// (sql/0005, `objmeta_derive`), for writes that changed versions by other
+/// means (a reconcile's sweep); counts as `UPSERT_SQL` does.
+const DERIVE_SQL: &str = "SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live) \
      FROM objmeta_derive($1::text[], $2::text[])";
 
 /// Appends changes to `object_history` (sql/0005's `objmeta_record_history`).
@@ -244,17 +246,12 @@ impl Sink {
         self.write_planned(client, batch, plan, attempt).await
     }
 
-    /// Checks that a connection can be made and used (readiness).
     /// The database's clock now: what reads of the bucket are versioned by (`read_at`).
     pub async fn now(&self) -> Result<time::OffsetDateTime, SinkError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(SinkError::pool("getting a connection"))?;
-        database_now(&client).await
+        database_now(&self.pool).await
     }
 
+    /// Checks that a connection can be made and used (readiness).
     pub async fn ping(&self) -> Result<(), SinkError> {
         let client = self
             .pool
@@ -555,7 +552,7 @@ impl<'a> UpsertColumns<'a> {
     }
 }
 
-/// Writes the rows' versions, then derives their objects' current rows.
+/// Writes the rows' versions and derives their objects' current rows.
 async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteReport, SinkError> {
     if rows.is_empty() {
         return Ok(WriteReport::default());
@@ -565,11 +562,11 @@ async fn upsert(client: &impl GenericClient, rows: Rows<'_>) -> Result<WriteRepo
         .prepare_cached(UPSERT_SQL)
         .await
         .map_err(SinkError::postgres("prepare upsert"))?;
-    client
-        .execute(&statement, &columns.params())
+    let row = client
+        .query_one(&statement, &columns.params())
         .await
         .map_err(SinkError::postgres("upsert object versions"))?;
-    let (upserted, tombstoned) = derive(client, &columns.bucket, &columns.key).await?;
+    let (upserted, tombstoned) = (count(row.get(0)), count(row.get(1)));
     Ok(WriteReport {
         upserted,
         tombstoned,
@@ -696,10 +693,13 @@ pub(crate) async fn record_history<'a>(
     Ok(())
 }
 
-/// The database's clock (`clock_timestamp()`, not the transaction's start), read on `client`.
-pub(crate) async fn database_now(
-    client: &impl GenericClient,
-) -> Result<time::OffsetDateTime, SinkError> {
+/// The database's clock (`clock_timestamp()`, not a transaction's start), on a connection of
+/// `pool`.
+pub(crate) async fn database_now(pool: &Pool) -> Result<time::OffsetDateTime, SinkError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(SinkError::pool("getting a connection"))?;
     let row = client
         .query_one("SELECT clock_timestamp()", &[])
         .await

@@ -15,7 +15,7 @@ use objmeta::produce::{workload, Workload, WorkloadSpec};
 use objmeta::sink::Rows;
 
 use crate::common::{self, Columns};
-use objmeta::sink::{DERIVE_SQL, UPSERT_SQL};
+use objmeta::sink::UPSERT_SQL;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -175,8 +175,7 @@ async fn pass(
 ) -> anyhow::Result<Duration> {
     let prepared = Prepared {
         plain: client.prepare(PLAIN_UPSERT_SQL).await?,
-        versions: client.prepare(UPSERT_SQL).await?,
-        derive: client.prepare(DERIVE_SQL).await?,
+        objmeta: client.prepare(UPSERT_SQL).await?,
     };
     let mut spent = Duration::ZERO;
     let mut batch: Vec<Change> = Vec::with_capacity(shape.batch);
@@ -199,12 +198,11 @@ async fn pass(
     }
 }
 
-/// The statements of both shapes: the plain upsert, and objmeta's two (`sink::upsert`: the
-/// versions, then the rows derived from them).
+/// The statements of both shapes: the plain upsert, and objmeta's (the versions, then the rows
+/// derived from them).
 struct Prepared {
     plain: tokio_postgres::Statement,
-    versions: tokio_postgres::Statement,
-    derive: tokio_postgres::Statement,
+    objmeta: tokio_postgres::Statement,
 }
 
 async fn write(
@@ -231,9 +229,7 @@ async fn write(
     match statement {
         Statement::Objmeta => {
             let columns = Columns::new(rows);
-            tx.execute(&prepared.versions, &columns.params()).await?;
-            tx.query_one(&prepared.derive, &[&columns.bucket, &columns.key])
-                .await?;
+            tx.query_one(&prepared.objmeta, &columns.params()).await?;
         }
         Statement::Plain => {
             let columns = Columns::new(rows);

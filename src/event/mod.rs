@@ -235,6 +235,12 @@ fn removal(event_name: &str, version_id: Option<String>, reads: bool) -> Action 
     }
 }
 
+/// A time's whole seconds, in the ns of sequencers: how a read of the bucket (Last-Modified
+/// has whole seconds) and versitygw's second-stamped events are placed.
+pub fn whole_seconds_ns(time: OffsetDateTime) -> i64 {
+    time.unix_timestamp().saturating_mul(1_000_000_000)
+}
+
 /// What one Kafka message holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Parsed {

@@ -5,7 +5,7 @@
 
 use time::OffsetDateTime;
 
-use super::ParseError;
+use super::{whole_seconds_ns, ParseError};
 
 /// The store that sent an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -146,10 +146,7 @@ fn aws_sequencer(text: &str) -> Result<i64, &'static str> {
 /// versitygw's counter, placed within the event's second.
 fn versitygw_sequencer(text: &str, event_time: OffsetDateTime) -> Result<i64, &'static str> {
     let counter = hex_i64(text)?;
-    Ok(event_time
-        .unix_timestamp()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(counter.min(999_999_999)))
+    Ok(whole_seconds_ns(event_time).saturating_add(counter.min(999_999_999)))
 }
 
 /// `--source`: recognise each message's store, or read every message as one store's.
@@ -192,10 +189,9 @@ impl Decoding {
 
     /// Whether some store's events may need an object read: then objmeta needs the S3 API.
     pub fn may_read(&self) -> bool {
-        match (self.enrich, self.source) {
-            (Enrich::Never, _) => false,
-            (Enrich::Always, _) | (Enrich::Auto, SourceChoice::Auto) => true,
-            (Enrich::Auto, SourceChoice::Only(store)) => !store.events_are_the_state(),
+        match self.source {
+            SourceChoice::Only(store) => self.reads_state(store),
+            SourceChoice::Auto => self.enrich != Enrich::Never,
         }
     }
 

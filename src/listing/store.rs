@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 
 use crate::error::SinkError;
-use crate::event::{Action, Basis, Change, ObjectId};
+use crate::event::{Change, ObjectId};
 use crate::s3::ObjectRead;
 use crate::sink::{count, database_now, derive, signed, write_rows};
 
@@ -180,7 +180,7 @@ impl Store {
 
     /// The database's clock now.
     pub async fn now(&self) -> Result<OffsetDateTime, SinkError> {
-        database_now(&self.client().await?).await
+        database_now(&self.pool).await
     }
 
     /// Resumes the listing of `target`, or starts it (after forgetting any
@@ -544,18 +544,13 @@ async fn write_reads(
 
 /// A read as the change it makes: the state the store reported, versioned by the read.
 fn read_change(target: &Target, row: &ReadRow) -> Change {
-    Change {
-        object: ObjectId {
-            bucket: target.bucket.clone(),
-            key: row.key.clone(),
-        },
-        event_name: target.kind.event_name().to_string(),
-        event_time: row.read.last_modified,
-        sequencer: row.read.sequencer(),
-        action: Action::Upsert(row.read.clone().into_state()),
-        record: 0,
-        basis: Basis::Read { at: row.read_at },
-    }
+    let object = ObjectId {
+        bucket: target.bucket.clone(),
+        key: row.key.clone(),
+    };
+    row.read
+        .clone()
+        .into_change(object, target.kind.event_name(), row.read_at)
 }
 
 /// `READ_OUTCOMES_SQL`'s parameters, borrowed from the rows.

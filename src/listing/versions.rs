@@ -14,8 +14,9 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::store::Store;
 use super::{stops_the_listing, with_retries, DbClock, ListingError, Settings, Summary, Target};
+use crate::event::whole_seconds_ns;
 use crate::event::{Action, Basis, Change, ObjectId};
-use crate::s3::{whole_seconds_ns, ListedVersion, ObjectRead, S3Error, S3};
+use crate::s3::{ListedVersion, ObjectRead, S3Error, S3};
 
 /// The event name of a delete marker read from the bucket (a removal whose `delete_marker`
 /// is set: sql/0005 recognises `DeleteMarker` in the name).
@@ -130,17 +131,11 @@ async fn read(
             None
         }
     };
-    Ok(read.map(|read| {
-        let mut state = read.clone().into_state();
-        state.version_id = Some(version.version_id.clone());
+    Ok(read.map(|mut read| {
+        read.version_id = Some(version.version_id.clone());
         Change {
-            object,
-            event_name: target.kind.event_name().to_string(),
-            event_time: read.last_modified,
             sequencer,
-            action: Action::Upsert(state),
-            record: 0,
-            basis: Basis::Read { at },
+            ..read.into_change(object, target.kind.event_name(), at)
         }
     }))
 }

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use super::{
     listing, ListPage, ListedVersion, ObjectRead, S3Config, S3Error, S3Request, VersionsPage,
 };
+use crate::batch::NULL_VERSION;
 use crate::event::{query_unescape, split_entries, unquote_etag, NulInMetadata};
 
 /// The most keys one ListObjectsV2 page holds (the S3 limit, and its default).
@@ -239,7 +240,7 @@ fn versions_page(output: &ListObjectVersionsOutput) -> Result<VersionsPage, Stri
     for version in output.versions() {
         versions.push(ListedVersion {
             key: decode(version.key())?,
-            version_id: version.version_id().unwrap_or("null").to_string(),
+            version_id: version.version_id().unwrap_or(NULL_VERSION).to_string(),
             latest: version.is_latest().unwrap_or(false),
             delete_marker: false,
             last_modified: time(version.last_modified())?,
@@ -248,7 +249,7 @@ fn versions_page(output: &ListObjectVersionsOutput) -> Result<VersionsPage, Stri
     for marker in output.delete_markers() {
         versions.push(ListedVersion {
             key: decode(marker.key())?,
-            version_id: marker.version_id().unwrap_or("null").to_string(),
+            version_id: marker.version_id().unwrap_or(NULL_VERSION).to_string(),
             latest: marker.is_latest().unwrap_or(false),
             delete_marker: true,
             last_modified: time(marker.last_modified())?,

@@ -21,7 +21,7 @@ pub use error::{S3Error, S3Request};
 
 use time::OffsetDateTime;
 
-use crate::event::{Metadata, ObjectState};
+use crate::event::{whole_seconds_ns, Action, Basis, Change, Metadata, ObjectId, ObjectState};
 
 /// One ListObjectsV2 page, its objects in the server's key order (UTF-8 byte order on S3).
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +93,20 @@ impl ObjectRead {
         whole_seconds_ns(self.last_modified)
     }
 
+    /// The change this read makes of `object`: the state the store reported, versioned as a
+    /// read started at `at` (sql/0004: Last-Modified, in whole seconds, orders it).
+    pub fn into_change(self, object: ObjectId, event_name: &str, at: OffsetDateTime) -> Change {
+        Change {
+            object,
+            event_name: event_name.to_string(),
+            event_time: self.last_modified,
+            sequencer: self.sequencer(),
+            action: Action::Upsert(self.into_state()),
+            record: 0,
+            basis: Basis::Read { at },
+        }
+    }
+
     /// The object's state as a row holds it.
     pub fn into_state(self) -> ObjectState {
         ObjectState {
@@ -104,11 +118,6 @@ impl ObjectRead {
             system_metadata: self.system_metadata,
         }
     }
-}
-
-/// A Last-Modified time as the sequencer of a read: its whole seconds (what S3 reports), in ns.
-pub fn whole_seconds_ns(time: OffsetDateTime) -> i64 {
-    time.unix_timestamp().saturating_mul(1_000_000_000)
 }
 
 #[cfg(test)]
